@@ -1,0 +1,1 @@
+"""mmjax: JAX/Flax reimplementations of twelve 2024 multimodal papers."""

@@ -1,0 +1,1 @@
+"""mmjax.models."""

@@ -36,8 +36,10 @@ class Checkpointer:
         cleanup_tmp_directories=True,
         create=True,
     )
-    self.manager = ocp.CheckpointManager(self.directory, options=options,
-                                         item_names=('state', 'data', 'config'))
+    self.manager = ocp.CheckpointManager(
+        self.directory, options=options,
+        item_handlers={'state': ocp.StandardCheckpointHandler(), 'data': ocp.JsonCheckpointHandler(),
+                       'config': ocp.JsonCheckpointHandler()})
 
   def latest_step(self) -> int | None:
     return self.manager.latest_step()
@@ -59,7 +61,7 @@ class Checkpointer:
     """Raises IncompatibleCheckpointError naming every mismatching array or path."""
     meta = self.manager.item_metadata(step)['state']
     if meta is None:
-      return
+      raise IncompatibleCheckpointError(f'The checkpoint at step {step} in {self.directory} has no train state.')
     want = _shapes(abstract_state)
     have = _shapes(meta)
     problems = []

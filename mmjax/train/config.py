@@ -57,3 +57,24 @@ def group(regex: str, lr: float | None = None, frozen: bool = False) -> ml_colle
   """One optimiser parameter group for `config.optim.groups`."""
   return ml_collections.ConfigDict({'regex': regex, 'lr': -1.0 if lr is None else float(lr),
                                     'frozen': frozen})
+
+
+def parse_arg(arg: str | None, **defaults) -> ml_collections.ConfigDict:
+  """Parses a config argument 'k1=v1,k2=v2' over `defaults` (values keep the default's type).
+
+  An unknown key raises ValueError listing the valid ones.
+  """
+  out = ml_collections.ConfigDict(defaults)
+  for item in filter(None, (arg or '').split(',')):
+    key, sep, value = item.partition('=')
+    key = key.strip()
+    if key not in defaults:
+      raise ValueError(f"unknown config argument '{key}'; valid: {', '.join(sorted(defaults))}")
+    if not sep:
+      raise ValueError(f"config argument '{item}' must look like key=value")
+    kind = type(defaults[key])
+    if kind is bool:
+      out[key] = value.strip().lower() in ('1', 'true', 'yes')
+    else:
+      out[key] = kind(value.strip()) if defaults[key] is not None else value.strip()
+  return out

@@ -5,6 +5,7 @@ from collections.abc import Mapping, Sequence
 
 import jax
 import numpy as np
+from absl import logging
 from jax.sharding import AxisType, Mesh
 
 
@@ -22,8 +23,8 @@ def resolve_axis_sizes(axes: Mapping[str, int], num_devices: int) -> dict[str, i
     if num_devices % fixed:
       raise ValueError(f'config.mesh {sizes}: {num_devices} devices are not divisible by {fixed}')
     sizes[free[0]] = num_devices // fixed
-  elif fixed != num_devices:
-    raise ValueError(f'config.mesh {sizes} needs {fixed} devices, but {num_devices} are present')
+  elif fixed > num_devices:
+    raise ValueError(f'config.mesh {sizes} needs {fixed} devices, but only {num_devices} are present')
   return sizes
 
 
@@ -37,6 +38,15 @@ def make_mesh(axes: Mapping[str, int], devices: Sequence[jax.Device] | None = No
   sizes = resolve_axis_sizes(axes, len(devices))
   names = tuple(sizes)
   shape = tuple(sizes[n] for n in names)
+  used = int(np.prod(shape))
+  if used < len(devices):
+    # A fully specified mesh smaller than the machine (e.g. 1 device for a parity run) takes
+    # the first devices; across processes every device must take part.
+    if jax.process_count() > 1:
+      raise ValueError(f'config.mesh {sizes} uses {used} of {len(devices)} devices; multi-process '
+                       'runs must use them all (set one axis to -1)')
+    logging.warning('config.mesh %s uses %d of %d devices', sizes, used, len(devices))
+    devices = devices[:used]
   if len(devices) == jax.device_count():
     return jax.make_mesh(shape, names, axis_types=(AxisType.Auto,) * len(names), devices=devices)
   return Mesh(np.asarray(devices).reshape(shape), names, axis_types=(AxisType.Auto,) * len(names))

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import logging as logging_std
 import os
 import time
 from collections.abc import Mapping
@@ -9,6 +10,20 @@ from typing import Any
 
 import numpy as np
 from absl import logging
+
+
+class _DropLibraryInfo(logging_std.Filter):
+  """Drops INFO records from libraries that narrate every step of a save (orbax)."""
+
+  def filter(self, record):
+    return record.levelno > logging_std.INFO or '/orbax/' not in record.pathname
+
+
+def quiet_library_logs() -> None:
+  """Keeps orbax's per-save INFO lines out of the training log (warnings still show)."""
+  handler = logging.get_absl_handler()
+  if not any(isinstance(f, _DropLibraryInfo) for f in handler.filters):
+    handler.addFilter(_DropLibraryInfo())
 
 
 class MetricsWriter:

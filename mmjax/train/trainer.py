@@ -25,11 +25,11 @@ import optax
 from absl import logging
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
-from mmjax.data import make_global_batch
+from mmjax.data import iterator_state_to_json, make_global_batch, make_iterator
 from mmjax.train import checkpoint as ckpt_lib
 from mmjax.train import optimizer as optim_lib
 from mmjax.train.mesh import make_mesh
-from mmjax.train.metrics import MetricsWriter, Progress
+from mmjax.train.metrics import MetricsWriter, Progress, quiet_library_logs
 from mmjax.train.sharding import batch_sharding, logical_shardings, rules_from_config
 
 Params = Any
@@ -57,8 +57,8 @@ class Experiment:
     `nn.with_logical_partitioning`).
   loss_fn: (params, batch, rng) -> (scalar loss, dict of scalar aux metrics). Runs
     inside jit under the mesh and logical rules.
-  train_data: a grain dataset whose iterator yields this process's share of each global
-    batch (dict of numpy arrays) and supports get_state/set_state.
+  train_data: a pipeline from `mmjax.data.make_pipeline`: item n is this process's share
+    of global batch n (dict of numpy arrays).
   evaluators: name -> (params, Context) -> dict of scalar metrics, run every
     `eval_every` steps and at the end (on the EMA params when `ema_decay` > 0).
   report: optional (params, Context) -> dict, run once after training (plots, samples).
@@ -118,7 +118,8 @@ class _Setup:
     with self.scope():
       boxed = jax.eval_shape(experiment.init_params, jax.random.PRNGKey(0))
       self.param_shardings = logical_shardings(boxed, self.mesh, self.rules)
-      abstract_params = nn.meta.unbox(boxed)
+      abstract_params = jax.tree.map(lambda b: b.value if isinstance(b, nn.meta.AxisMetadata) else b, boxed,
+                                     is_leaf=lambda b: isinstance(b, nn.meta.AxisMetadata))
       self.labels = self.opt.labels(abstract_params)
       abstract_opt = jax.eval_shape(self.opt.tx.init, abstract_params)
     opt_shardings = optax.tree_map_params(
@@ -256,6 +257,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
      'preempted': whether SIGTERM or stop_after_step ended the run early}.
   """
   os.makedirs(workdir, exist_ok=True)
+  quiet_library_logs()
   experiment = experiment or load_experiment(config)
   setup = _Setup(config, experiment)
   is_primary = jax.process_index() == 0
@@ -267,15 +269,15 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
 
   ckpt = ckpt_lib.Checkpointer(os.path.join(workdir, 'checkpoints'), every=config.ckpt_every,
                                keep=config.keep_ckpts, async_save=config.async_checkpointing)
-  data_iter = iter(experiment.train_data)
   latest = ckpt.latest_step()
   if latest is not None:
     ckpt.check_compatible(latest, setup.abstract_state, config)
     state, data_state = ckpt.restore(latest, setup.abstract_with_shardings())
-    data_iter.set_state(data_state['iterator'])
+    data_iter = make_iterator(experiment.train_data, state_json=data_state['iterator'])
     logging.info('Resumed from the checkpoint at step %d in %s', latest, workdir)
   else:
     state = setup.init_state(jax.random.PRNGKey(config.seed))
+    data_iter = make_iterator(experiment.train_data)
   start = int(jax.device_get(state['step']))
 
   writer = MetricsWriter(workdir, tensorboard=config.tensorboard, is_primary=is_primary)
@@ -329,7 +331,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
         if stop_now or step == config.total_steps or step % config.ckpt_every == 0:
           flush(pending)  # never checkpoint a state whose step has not been checked
           pending = None
-          ckpt.save(step, state, {'iterator': data_iter.get_state()}, config, force=stop_now or step == config.total_steps)
+          ckpt.save(step, state, {'iterator': iterator_state_to_json(data_iter)}, config, force=stop_now or step == config.total_steps)
         if config.eval_every and step % config.eval_every == 0 and step != config.total_steps:
           writer.write(step, evaluate(setup, state, ctx), kind='eval')
         if stop_now:

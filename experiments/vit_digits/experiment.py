@@ -41,6 +41,9 @@ def make_sources(config: ml_collections.ConfigDict):
   size = (d.image_size, d.image_size)
   train = ImageFolderSource(os.path.join(d.dir, 'train'), image_size=size, grayscale=d.grayscale)
   test = ImageFolderSource(os.path.join(d.dir, 'test'), image_size=size, grayscale=d.grayscale)
+  if d.verify:  # decode every file now, so a bad one fails the run before training starts
+    train.verify()
+    test.verify()
   if train.classes != test.classes:
     raise ValueError(f'{d.dir}: train classes {train.classes} differ from test classes {test.classes}')
   return train, test, len(train.classes)
@@ -83,12 +86,15 @@ def make_experiment(config: ml_collections.ConfigDict) -> Experiment:
     return {'accuracy': correct / total, 'n': total}
 
   def report(params, ctx: Context):
-    images = np.stack([test_src[i]['image'] for i in range(32)])
-    labels = np.array([int(test_src[i]['label']) for i in range(32)])
-    pred = np.asarray(jax.device_get(predict(params, jnp.asarray(images))))
+    n = 32
+    first = grain.MapDataset.source(test_src)[:n]
+    local = next(iter(make_eval_pipeline(first, global_batch_size=n)))
+    pred = ctx.gather(predict(params, ctx.global_batch(local)['image']))
     path = os.path.join(ctx.workdir, 'predictions.png')
     if jax.process_index() == 0:
-      write_prediction_grid(path, images, labels, pred)
+      examples = [test_src[i] for i in range(n)]
+      write_prediction_grid(path, np.stack([e['image'] for e in examples]),
+                            np.array([int(e['label']) for e in examples]), pred)
     return {'predictions_png': path}
 
   transform = RandomShift() if config.data.augment else None

@@ -64,19 +64,27 @@ class Checkpointer:
       raise IncompatibleCheckpointError(f'The checkpoint at step {step} in {self.directory} has no train state.')
     want = _shapes(abstract_state)
     have = _shapes(meta)
-    problems = []
+    problems, others = [], 0
     for k in sorted(set(want) | set(have)):
       if k not in have:
-        problems.append(f'  {k}: missing from the checkpoint (config expects {want[k]})')
+        line = f'  {k}: missing from the checkpoint (config expects {want[k]})'
       elif k not in want:
-        problems.append(f'  {k}: in the checkpoint {have[k]} but not in the config')
+        line = f'  {k}: in the checkpoint {have[k]} but not in the config'
       elif tuple(want[k]) != tuple(have[k]):
-        problems.append(f'  {k}: checkpoint shape {tuple(have[k])} vs config shape {tuple(want[k])}')
+        line = f'  {k}: checkpoint shape {tuple(have[k])} vs config shape {tuple(want[k])}'
+      else:
+        continue
+      if k.startswith('params/') or k == 'step':
+        problems.append(line)
+      else:  # optimiser and EMA state mirror the params: count them only
+        others += 1
+    if others:
+      problems.append(f'  ... and {others} optimiser/EMA state arrays that differ accordingly')
     if problems:
       saved = self.restore_config(step)
       diff = _config_diff(saved, _jsonable(config)) if saved is not None else []
       msg = [f'The checkpoint at step {step} in {self.directory} was written by an incompatible config:']
-      msg += problems[:20] + ([f'  ... and {len(problems) - 20} more'] if len(problems) > 20 else [])
+      msg += problems[:50] + ([f'  ... and {len(problems) - 50} more'] if len(problems) > 50 else [])
       if diff:
         msg.append('Config keys that differ (checkpoint -> now):')
         msg += [f'  {d}' for d in diff[:20]]

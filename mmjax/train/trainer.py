@@ -23,6 +23,7 @@ import ml_collections
 import numpy as np
 import optax
 from absl import logging
+from jax.experimental import multihost_utils
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 from mmjax.data import iterator_state_to_json, make_global_batch, make_iterator
@@ -47,6 +48,12 @@ class Context:
 
   def global_batch(self, local_batch: Mapping[str, np.ndarray]) -> dict[str, jax.Array]:
     return make_global_batch(local_batch, self.batch_sharding)
+
+  def gather(self, x: jax.Array) -> np.ndarray:
+    """The whole of a (possibly multi-process) global array, as numpy on every process."""
+    if jax.process_count() == 1 or x.is_fully_replicated:
+      return np.asarray(jax.device_get(x))
+    return np.asarray(multihost_utils.process_allgather(x, tiled=True))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -376,4 +383,4 @@ def evaluate_checkpoint(config: ml_collections.ConfigDict, workdir: str,
   writer = MetricsWriter(workdir, is_primary=jax.process_index() == 0)
   writer.write(step, results, kind='eval')
   writer.close()
-  return {'step': step, 'eval': results}
+  return {'step': step, 'eval': results, 'state': state}

@@ -65,4 +65,5 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.eval_every = 10
     c.ckpt_every = 10
     c.optim.warmup_steps = 5
+    c.optim.lr = 5e-3
   return c

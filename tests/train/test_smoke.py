@@ -1,0 +1,22 @@
+"""The smoke config of the first experiment trains on 8 devices and learns."""
+import os
+
+import numpy as np
+
+from configs import vit_digits
+from mmjax.train import train_and_evaluate
+from tests.train.metrics_io import read_metrics
+
+
+def test_smoke_config_trains_and_loss_decreases(tmp_path):
+  config = vit_digits.get_config('mode=smoke')
+  config.log_every = 1
+  config.progress_bar = False
+  workdir = str(tmp_path / 'smoke')
+  out = train_and_evaluate(config, workdir)  # the experiment comes from config.experiment
+  losses = [row['loss'] for _, row in sorted(read_metrics(workdir).items())]
+  assert len(losses) == config.total_steps
+  assert np.mean(losses[-5:]) < np.mean(losses[:5]) - 0.05, losses
+  assert out['eval']['test/accuracy'] > 0.15  # chance is 0.1
+  assert os.path.getsize(out['report']['predictions_png']) > 1000
+  assert read_metrics(workdir, 'eval')[10]['test/n'] == 359

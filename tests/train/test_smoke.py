@@ -20,3 +20,23 @@ def test_smoke_config_trains_and_loss_decreases(tmp_path):
   assert out['eval']['test/accuracy'] > 0.15  # chance is 0.1
   assert os.path.getsize(out['report']['predictions_png']) > 1000
   assert read_metrics(workdir, 'eval')[10]['test/n'] == 359
+
+
+def _short(tmp_path, name, **kw):
+  config = vit_digits.get_config('mode=smoke')
+  config.total_steps, config.log_every, config.eval_every, config.progress_bar = 5, 1, 0, False
+  config.mesh = {'data': 1, 'fsdp': 1, 'tensor': 1}
+  for k, v in kw.items():
+    config[k] = v
+  train_and_evaluate(config, str(tmp_path / name))
+  return [row['loss'] for _, row in sorted(read_metrics(str(tmp_path / name)).items())]
+
+
+def test_remat_and_bf16_compute_options(tmp_path):
+  base = _short(tmp_path, 'base')
+  remat = _short(tmp_path, 'remat', remat=True)
+  np.testing.assert_allclose(remat, base, rtol=1e-5)
+  bf16 = _short(tmp_path, 'bf16', compute_dtype='bfloat16')
+  assert np.all(np.isfinite(bf16))
+  assert not np.array_equal(bf16, base)  # the option really changes the compute dtype
+  np.testing.assert_allclose(bf16, base, rtol=2e-2)

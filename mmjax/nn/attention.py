@@ -1,0 +1,138 @@
+"""Scaled dot-product attention: the one entry point every model calls, and its implementations.
+
+Layout [batch, seq, heads, head_dim]. Grouped-query attention (GQA) never repeats K/V: query head h reads
+key/value head h // (H / Hkv), as HF `repeat_kv` does, by viewing q as [B, Sq, Hkv, H / Hkv, D].
+
+Implementations share one keyword signature (see `xla_attention`) and live in `ATTENTION_IMPLS`. Registering
+one is a single line, e.g. `ATTENTION_IMPLS['pallas'] = AttentionImpl(pallas_attention, frozenset({'gpu', 'tpu'}))`;
+impl='auto' then picks the first registered implementation that lists the current backend, else 'xla'.
+"""
+import functools
+from collections.abc import Callable
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+
+SegmentIds = jax.Array | tuple[jax.Array, jax.Array]
+
+
+class AttentionImpl(NamedTuple):
+  """An attention implementation and the backends ('cpu', 'gpu', 'tpu') where impl='auto' prefers it."""
+  fn: Callable[..., jax.Array]
+  auto_backends: frozenset[str]
+
+
+def _visible(q_len: int, kv_len: int, *, causal: bool, mask: jax.Array | None, q_segment_ids: jax.Array | None,
+             kv_segment_ids: jax.Array | None, num_kv_heads: int) -> jax.Array | None:
+  """Which keys each query may attend: bool broadcastable to [B, Hkv, G, Sq, Sk], or None for all of them."""
+  masks = []
+  if causal:
+    masks.append(jnp.arange(kv_len)[None, :] <= jnp.arange(q_len)[:, None] + (kv_len - q_len))
+  if mask is not None:
+    heads = mask.shape[1]
+    split = (1, 1) if heads == 1 else (num_kv_heads, heads // num_kv_heads)
+    masks.append(mask.reshape(mask.shape[0], *split, *mask.shape[2:]))
+  if q_segment_ids is not None:
+    masks.append((q_segment_ids[:, :, None] == kv_segment_ids[:, None, :])[:, None, None])
+  return functools.reduce(jnp.logical_and, masks) if masks else None
+
+
+def xla_attention(q: jax.Array, k: jax.Array, v: jax.Array, *, causal: bool, mask: jax.Array | None,
+                  q_segment_ids: jax.Array | None, kv_segment_ids: jax.Array | None, scale: float) -> jax.Array:
+  """Plain XLA attention, the reference for every other implementation.
+
+  Called by `dot_product_attention` with validated inputs: a mask (if any) of rank 4, segment ids as a
+  ([B, Sq], [B, Sk]) pair or both None, and a float scale. See its docstring for the semantics.
+  """
+  b, q_len, h, d = q.shape
+  kv_len, num_kv_heads = k.shape[1], k.shape[2]
+  q = q.reshape(b, q_len, num_kv_heads, h // num_kv_heads, d)
+  logits = jnp.einsum('bqhgd,bkhd->bhgqk', q, k, preferred_element_type=jnp.float32) * scale
+  visible = _visible(q_len, kv_len, causal=causal, mask=mask, q_segment_ids=q_segment_ids,
+                     kv_segment_ids=kv_segment_ids, num_kv_heads=num_kv_heads)
+  if visible is not None:
+    logits = jnp.where(visible, logits, -jnp.inf)
+  # A row with no visible key has max -inf; shifting by 0 instead keeps exp(-inf) = 0 and the row all zeros.
+  row_max = jax.lax.stop_gradient(jnp.max(logits, axis=-1, keepdims=True))
+  weights = jnp.exp(logits - jnp.where(jnp.isfinite(row_max), row_max, 0.0))
+  denom = jnp.sum(weights, axis=-1, keepdims=True)
+  probs = weights / jnp.where(denom == 0.0, 1.0, denom)
+  out = jnp.einsum('bhgqk,bkhd->bqhgd', probs.astype(v.dtype), v, preferred_element_type=jnp.float32)
+  return out.reshape(b, q_len, h, d).astype(q.dtype)
+
+
+ATTENTION_IMPLS: dict[str, AttentionImpl] = {'xla': AttentionImpl(xla_attention, frozenset())}
+
+
+def resolve_impl(impl: str) -> str:
+  """The registered implementation name that `impl` stands for ('auto' depends on jax.default_backend())."""
+  if impl == 'auto':
+    backend = jax.default_backend()
+    return next((name for name, entry in ATTENTION_IMPLS.items() if backend in entry.auto_backends), 'xla')
+  if impl not in ATTENTION_IMPLS:
+    raise ValueError(f'Unknown attention impl {impl!r}; choose one of {["auto", *ATTENTION_IMPLS]}.')
+  return impl
+
+
+def _check_inputs(q: jax.Array, k: jax.Array, v: jax.Array, mask: jax.Array | None,
+                  segment_ids: SegmentIds | None) -> tuple[jax.Array | None, jax.Array | None]:
+  """Raises ValueError on inconsistent shapes; returns (q_segment_ids, kv_segment_ids)."""
+  for name, x in (('q', q), ('k', k), ('v', v)):
+    if x.ndim != 4:
+      raise ValueError(f'{name} must be [batch, seq, heads, head_dim], got shape {x.shape}.')
+  if k.shape != v.shape:
+    raise ValueError(f'k and v must have the same shape, got {k.shape} and {v.shape}.')
+  b, q_len, h, d = q.shape
+  kv_len, num_kv_heads = k.shape[1], k.shape[2]
+  if k.shape[0] != b:
+    raise ValueError(f'q and k/v batch sizes differ: q {q.shape}, k {k.shape}.')
+  if k.shape[3] != d:
+    raise ValueError(f'q and k/v head_dim differ: q {q.shape}, k {k.shape}.')
+  if h % num_kv_heads:
+    raise ValueError(f'query heads ({h}) must be a multiple of key/value heads ({num_kv_heads}).')
+  if mask is not None:
+    target = (b, h, q_len, kv_len)
+    if (mask.dtype != jnp.bool_ or mask.ndim > 4
+        or any(m not in (1, t) for m, t in zip(mask.shape[::-1], target[::-1]))):
+      raise ValueError(f'mask must be boolean and broadcastable to [B, H, Sq, Sk] = {list(target)}, '
+                       f'got {mask.dtype} {mask.shape}.')
+  if segment_ids is None:
+    return None, None
+  if isinstance(segment_ids, (tuple, list)):
+    q_seg, kv_seg = segment_ids
+  elif q_len != kv_len:
+    raise ValueError(f'a single segment_ids array needs Sq == Sk (got {q_len} and {kv_len}); '
+                     'pass (q_segment_ids, kv_segment_ids).')
+  else:
+    q_seg = kv_seg = segment_ids
+  if q_seg.shape != (b, q_len) or kv_seg.shape != (b, kv_len):
+    raise ValueError(f'segment ids must be [B, Sq] = {[b, q_len]} and [B, Sk] = {[b, kv_len]}, '
+                     f'got {q_seg.shape} and {kv_seg.shape}.')
+  return q_seg, kv_seg
+
+
+def dot_product_attention(q: jax.Array, k: jax.Array, v: jax.Array, *, causal: bool = False,
+                          mask: jax.Array | None = None, segment_ids: SegmentIds | None = None,
+                          scale: float | None = None, impl: str = 'auto') -> jax.Array:
+  """softmax(q k^T * scale) v over the keys each query may see; returns [B, Sq, H, D] in q.dtype.
+
+  Args:
+    q: [B, Sq, H, D] queries.
+    k, v: [B, Sk, Hkv, D] keys and values, H % Hkv == 0 (GQA; Hkv == 1 is multi-query attention).
+    causal: query i sees key j iff j <= i + (Sk - Sq), i.e. the queries are the last Sq positions of the keys.
+    mask: boolean, broadcastable to [B, H, Sq, Sk]; True = may attend.
+    segment_ids: int [B, S] (self-attention, Sq == Sk) or a pair ([B, Sq], [B, Sk]); a query sees only keys
+      with the same id.
+    scale: logit multiplier, default 1 / sqrt(D).
+    impl: 'auto' or a name in ATTENTION_IMPLS ('xla').
+
+  Every given mask is combined with AND. Logits and softmax are float32. A query that sees no key gets zeros.
+  """
+  name = resolve_impl(impl)
+  q_seg, kv_seg = _check_inputs(q, k, v, mask, segment_ids)
+  scale = q.shape[-1] ** -0.5 if scale is None else scale
+  if mask is not None:
+    mask = mask.reshape((1,) * (4 - mask.ndim) + mask.shape)
+  return ATTENTION_IMPLS[name].fn(q, k, v, causal=causal, mask=mask, q_segment_ids=q_seg, kv_segment_ids=kv_seg,
+                                  scale=scale)

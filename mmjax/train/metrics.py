@@ -97,3 +97,18 @@ class Progress:
   def close(self) -> None:
     if self._bar is not None:
       self._bar.close()
+
+
+# Dense bf16 peak FLOP/s per chip, by substring of `device_kind` (vendor spec sheets).
+PEAK_FLOPS = (
+    ('H200', 989e12), ('H100', 989e12), ('A100', 312e12), ('L4', 121e12),
+    ('TPU v6', 918e12), ('TPU v5p', 459e12), ('TPU v5', 197e12), ('TPU v4', 275e12),
+)
+
+
+def peak_flops(device_kind: str) -> float | None:
+  """Peak FLOP/s of one device, or None when unknown (e.g. CPUs)."""
+  for name, flops in PEAK_FLOPS:
+    if name.lower() in device_kind.lower():
+      return flops
+  return None

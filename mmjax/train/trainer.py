@@ -30,7 +30,7 @@ from mmjax.data import iterator_state_to_json, make_global_batch, make_iterator
 from mmjax.train import checkpoint as ckpt_lib
 from mmjax.train import optimizer as optim_lib
 from mmjax.train.mesh import make_mesh
-from mmjax.train.metrics import MetricsWriter, Progress, quiet_library_logs
+from mmjax.train.metrics import MetricsWriter, Progress, peak_flops, quiet_library_logs
 from mmjax.train.sharding import batch_sharding, logical_shardings, rules_from_config
 
 Params = Any
@@ -271,8 +271,12 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
   ctx = Context(config, workdir, setup.mesh, setup.rules, setup.batch_sharding)
   logging.info('mesh %s on %d devices (%d processes); %s parameters',
                dict(setup.mesh.shape), jax.device_count(), jax.process_count(), f'{setup.num_params:,}')
-  if experiment.flops_per_example:
-    logging.info('model FLOPs per step: %.3e', experiment.flops_per_example * config.batch_size)
+  peak = peak_flops(jax.devices()[0].device_kind)
+  step_flops = (experiment.flops_per_example or 0.0) * config.batch_size
+  if step_flops:
+    logging.info('model FLOPs per step: %.3e; MFU %s', step_flops,
+                 f'is logged against {peak:.3g} FLOP/s per device' if peak else
+                 f'is not logged: no peak FLOP/s known for {jax.devices()[0].device_kind!r}')
 
   ckpt = ckpt_lib.Checkpointer(os.path.join(workdir, 'checkpoints'), every=config.ckpt_every,
                                keep=config.keep_ckpts, async_save=config.async_checkpointing)
@@ -312,6 +316,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
       last_log = (step, now)
       scalars = {k: v for k, v in m.items() if k != 'finite'}
       scalars.update(steps_per_sec=sps, examples_per_sec=sps * config.batch_size)
+      if step_flops and peak:
+        scalars['mfu'] = step_flops * sps / (peak * jax.device_count())
       writer.write(step, scalars)
     progress.update(step, float(m['loss']))
 

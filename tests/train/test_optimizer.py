@@ -68,3 +68,4 @@ def test_bad_group_regex_is_named():
   optim.groups.broken = group('(unclosed')
   with pytest.raises(ValueError, match='optim.groups.broken.regex'):
     make_optimizer(optim, total_steps=10)
+

@@ -8,6 +8,7 @@ directory that restore ignores and the next manager removes.
 from __future__ import annotations
 
 import json
+import os
 from collections.abc import Mapping
 from typing import Any
 
@@ -28,7 +29,8 @@ class Checkpointer:
   """Thin wrapper over `ocp.CheckpointManager` with mmjax's three items."""
 
   def __init__(self, directory: str, *, every: int, keep: int, async_save: bool = True):
-    self.directory = epath.Path(directory)
+    # orbax needs absolute paths; URLs such as gs://bucket/run are absolute already.
+    self.directory = epath.Path(directory if '://' in str(directory) else os.path.abspath(directory))
     options = ocp.CheckpointManagerOptions(
         save_interval_steps=max(int(every), 1),
         max_to_keep=int(keep) if keep and keep > 0 else None,

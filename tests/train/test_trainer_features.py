@@ -100,3 +100,11 @@ def test_stop_after_step_checkpoints_and_resume_finishes(tmp_path):
   assert second['step'] == 6
   for a, b in zip(jax.tree.leaves(out['state']), jax.tree.leaves(second['state'])):
     np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+
+
+def test_relative_workdir(tmp_path, monkeypatch):
+  monkeypatch.chdir(tmp_path)
+  config = toy_config(mesh=ONE_DEVICE, total_steps=2, ckpt_every=1, async_checkpointing=True)
+  out = train_and_evaluate(config, 'relative/run', toy_experiment(config))
+  assert out['step'] == 2
+  assert os.path.isdir(tmp_path / 'relative' / 'run' / 'checkpoints' / '2')

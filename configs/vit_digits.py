@@ -43,7 +43,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.model.mlp_dim = 128
   c.model.dropout = 0.0
 
-  c.total_steps = 1200
+  c.total_steps = 2000
   c.batch_size = 64
   c.log_every = 50
   c.eval_every = 500

@@ -18,9 +18,14 @@ SegmentIds = jax.Array | tuple[jax.Array, jax.Array]
 
 
 class AttentionImpl(NamedTuple):
-  """An attention implementation and the backends ('cpu', 'gpu', 'tpu') where impl='auto' prefers it."""
+  """An attention implementation and the backends ('cpu', 'gpu', 'tpu') where impl='auto' prefers it.
+
+  refusal(q, k, *, causal, mask, q_segment_ids, kv_segment_ids) -> str gives the reason the
+  implementation can't serve a request ('' when it can); impl='auto' skips implementations that refuse.
+  """
   fn: Callable[..., jax.Array]
   auto_backends: frozenset[str]
+  refusal: Callable[..., str] | None = None
 
 
 def _visible(q_len: int, kv_len: int, *, causal: bool, mask: jax.Array | None, q_segment_ids: jax.Array | None,
@@ -65,11 +70,18 @@ def xla_attention(q: jax.Array, k: jax.Array, v: jax.Array, *, causal: bool, mas
 ATTENTION_IMPLS: dict[str, AttentionImpl] = {'xla': AttentionImpl(xla_attention, frozenset())}
 
 
-def resolve_impl(impl: str) -> str:
-  """The registered implementation name that `impl` stands for ('auto' depends on jax.default_backend())."""
+def resolve_impl(impl: str, request: dict | None = None) -> str:
+  """The registered implementation name that `impl` stands for.
+
+  'auto' depends on jax.default_backend() and, given `request` (q, k and the mask keywords), skips
+  implementations whose `refusal` declines it.
+  """
   if impl == 'auto':
     backend = jax.default_backend()
-    return next((name for name, entry in ATTENTION_IMPLS.items() if backend in entry.auto_backends), 'xla')
+    for name, entry in ATTENTION_IMPLS.items():
+      if backend in entry.auto_backends and not (request and entry.refusal and entry.refusal(**request)):
+        return name
+    return 'xla'
   if impl not in ATTENTION_IMPLS:
     raise ValueError(f'Unknown attention impl {impl!r}; choose one of {["auto", *ATTENTION_IMPLS]}.')
   return impl
@@ -125,14 +137,27 @@ def dot_product_attention(q: jax.Array, k: jax.Array, v: jax.Array, *, causal: b
     segment_ids: int [B, S] (self-attention, Sq == Sk) or a pair ([B, Sq], [B, Sk]); a query sees only keys
       with the same id.
     scale: logit multiplier, default 1 / sqrt(D).
-    impl: 'auto' or a name in ATTENTION_IMPLS ('xla').
+    impl: 'auto' or a name in ATTENTION_IMPLS: 'xla', 'pallas' (flash kernel; interpret mode on CPU) or
+      'cudnn' (GPU). 'auto' takes Pallas on GPU/TPU when it supports the request, else XLA. A forced
+      implementation that can't serve the request exactly raises ValueError with the reason.
 
   Every given mask is combined with AND. Logits and softmax are float32. A query that sees no key gets zeros.
   """
-  name = resolve_impl(impl)
+  resolve_impl(impl)  # an unknown name fails before the shape checks
   q_seg, kv_seg = _check_inputs(q, k, v, mask, segment_ids)
   scale = q.shape[-1] ** -0.5 if scale is None else scale
   if mask is not None:
     mask = mask.reshape((1,) * (4 - mask.ndim) + mask.shape)
+  name = resolve_impl(impl, dict(q=q, k=k, causal=causal, mask=mask, q_segment_ids=q_seg, kv_segment_ids=kv_seg))
   return ATTENTION_IMPLS[name].fn(q, k, v, causal=causal, mask=mask, q_segment_ids=q_seg, kv_segment_ids=kv_seg,
                                   scale=scale)
+
+
+def _register_fast_paths() -> None:
+  from mmjax.nn import attention_backends as backends  # imports the Pallas kernels
+  ATTENTION_IMPLS['pallas'] = AttentionImpl(backends.pallas_attention, frozenset({'gpu', 'tpu'}),
+                                            backends.pallas_refusal)
+  ATTENTION_IMPLS['cudnn'] = AttentionImpl(backends.cudnn_attention, frozenset(), backends.cudnn_refusal)
+
+
+_register_fast_paths()

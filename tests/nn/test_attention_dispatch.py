@@ -1,0 +1,74 @@
+"""impl= dispatch: Pallas (interpret mode here) and cuDNN behind dot_product_attention."""
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from jax.sharding import AxisType
+
+from mmjax.nn import attention
+from mmjax.nn.attention import dot_product_attention, resolve_impl
+from mmjax.nn.vit import EncoderBlock
+
+RULES = (('batch', ('data', 'fsdp')), ('length', None), ('embed', 'fsdp'), ('mlp', 'tensor'),
+         ('heads', 'tensor'), ('kv_heads', 'tensor'), ('head_dim', None))
+
+
+def _qkv(b=2, sq=24, sk=24, h=4, hkv=2, d=64, seed=0):
+  ks = jax.random.split(jax.random.PRNGKey(seed), 3)
+  return (jax.random.normal(ks[0], (b, sq, h, d)), jax.random.normal(ks[1], (b, sk, hkv, d)),
+          jax.random.normal(ks[2], (b, sk, hkv, d)))
+
+
+def _block_loss(impl):
+  block = EncoderBlock(num_heads=4, mlp_dim=128, attn_impl=impl)
+  x = jax.random.normal(jax.random.PRNGKey(1), (2, 20, 256))
+  params = EncoderBlock(num_heads=4, mlp_dim=128, attn_impl='xla').init(jax.random.PRNGKey(0), x)['params']
+  loss = lambda p, x: jnp.sum(block.apply({'params': p}, x) ** 2)  # noqa: E731
+  return jax.value_and_grad(loss, argnums=(0, 1)), params, x
+
+
+def test_grad_through_a_transformer_block_pallas_matches_xla():
+  fx, params, x = _block_loss('xla')
+  fp, _, _ = _block_loss('pallas')
+  (lx, gx), (lp, gp) = fx(params, x), fp(params, x)
+  np.testing.assert_allclose(lp, lx, rtol=1e-5)
+  for a, b in zip(jax.tree.leaves(gp), jax.tree.leaves(gx)):
+    np.testing.assert_allclose(a, b, rtol=2e-4, atol=2e-4)
+
+
+@pytest.mark.parametrize('batch,causal,segments', [(4, True, False), (4, False, True), (2, True, True)])
+def test_pallas_under_a_sharded_mesh_matches_xla(batch, causal, segments):
+  q, k, v = _qkv(b=batch)
+  seg = jnp.asarray(np.repeat([[0] * 10 + [1] * 14], batch, axis=0)) if segments else None
+  want = dot_product_attention(q, k, v, causal=causal, segment_ids=seg, impl='xla')
+  mesh = jax.make_mesh((2, 2, 2), ('data', 'fsdp', 'tensor'), axis_types=(AxisType.Auto,) * 3)
+  with jax.set_mesh(mesh), nn.logical_axis_rules(RULES):
+    fn = jax.jit(lambda q, k, v, s: dot_product_attention(q, k, v, causal=causal, segment_ids=s, impl='pallas'))
+    got = fn(q, k, v, seg)
+    jaxpr = str(jax.make_jaxpr(fn)(q, k, v, seg))
+  assert 'shard_map' in jaxpr
+  np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
+
+
+def test_forced_implementations_refuse_with_the_reason():
+  q, k, v = _qkv()
+  mask = jnp.ones((1, 1, 24, 24), bool)
+  with pytest.raises(ValueError, match="impl='pallas' cannot serve.*explicit mask"):
+    dot_product_attention(q, k, v, mask=mask, impl='pallas')
+  with pytest.raises(ValueError, match="impl='cudnn' cannot serve.*needs a GPU"):
+    dot_product_attention(q, k, v, impl='cudnn')
+  with pytest.raises(ValueError, match='choose one of'):
+    dot_product_attention(q, k, v, impl='flash')
+
+
+def test_auto_picks_pallas_on_accelerators_only_when_it_supports_the_request(monkeypatch):
+  q, k, _ = _qkv()
+  request = dict(q=q, k=k, causal=True, mask=None, q_segment_ids=None, kv_segment_ids=None)
+  assert resolve_impl('auto', request) == 'xla'  # CPU: interpret mode is for tests, not for speed
+  monkeypatch.setattr(jax, 'default_backend', lambda: 'gpu')
+  assert resolve_impl('auto', request) == 'pallas'
+  assert resolve_impl('auto', {**request, 'mask': jnp.ones((1, 1, 24, 24), bool)}) == 'xla'
+  big = jnp.zeros((1, 4, 2, 512))
+  assert resolve_impl('auto', {**request, 'q': big, 'k': big}) == 'xla'  # head_dim above the kernel's limit
+  assert attention.ATTENTION_IMPLS['cudnn'].auto_backends == frozenset()

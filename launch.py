@@ -11,6 +11,7 @@ process.
 from __future__ import annotations
 
 import difflib
+import importlib
 import importlib.util
 import json
 import os
@@ -98,6 +99,12 @@ def main(argv):
   from mmjax.train import evaluate_checkpoint, train_and_evaluate  # after distributed init
   config = _CONFIG.value
   logging.info('config:\n%s', config)
+  module = importlib.import_module(config.experiment) if config.get('experiment') else None
+  if module is not None and hasattr(module, 'run'):
+    # Programs that are not a training run (benchmark scoring, conversion) own their mode.
+    out = module.run(config, _WORKDIR.value, _MODE.value)
+    print(json.dumps(out, indent=1, default=str))
+    return
   if _MODE.value == 'train':
     out = train_and_evaluate(config, _WORKDIR.value, stop_after_step=_STOP_AFTER.value)
   else:

@@ -88,20 +88,32 @@ def load_experiment(config: ml_collections.ConfigDict) -> Experiment:
 
 
 class _Preemption:
-  """Turns SIGTERM into a flag the loop polls after each step."""
+  """Turns SIGTERM into a stop request the loop polls after each step.
+
+  One process: a SIGTERM handler sets a flag. Several processes: JAX's preemption sync manager
+  (set up by jax.distributed) propagates a SIGTERM seen by any process and names one step at
+  which every process stops, so all of them join the same final checkpoint.
+  """
 
   def __init__(self):
-    self.requested = False
+    self._flag = False
     self._previous = None
+    self._multi = jax.process_count() > 1
 
   def __enter__(self):
-    if threading.current_thread() is threading.main_thread():
+    if not self._multi and threading.current_thread() is threading.main_thread():
       self._previous = signal.signal(signal.SIGTERM, self._handle)
     return self
 
   def _handle(self, signum, frame):
     logging.warning('SIGTERM received: will checkpoint after the current step and exit.')
-    self.requested = True
+    self._flag = True
+
+  def requested(self, step: int) -> bool:
+    """Call once per step, on every process, with the same step numbers."""
+    if self._multi:
+      return multihost_utils.reached_preemption_sync_point(step)
+    return self._flag
 
   def __exit__(self, *exc):
     if self._previous is not None:
@@ -340,7 +352,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
           jax.block_until_ready(state)
           jax.profiler.stop_trace()
           logging.info('profile of steps %s written to %s', profile, os.path.join(workdir, 'profile'))
-        stop_now = preemption.requested or (stop_after_step is not None and step >= stop_after_step)
+        preempted_now = preemption.requested(step)
+        stop_now = preempted_now or (stop_after_step is not None and step >= stop_after_step)
         if stop_now or step == config.total_steps or step % config.ckpt_every == 0:
           flush(pending)  # never checkpoint a state whose step has not been checked
           pending = None
@@ -350,7 +363,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
         if stop_now:
           preempted = True
           logging.warning('Stopping after step %d with a checkpoint (%s).', step,
-                          'SIGTERM' if preemption.requested else 'stop_after_step')
+                          'SIGTERM' if preempted_now else 'stop_after_step')
           break
       if pending is not None:
         flush(pending)

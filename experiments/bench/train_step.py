@@ -27,7 +27,7 @@ import numpy as np  # noqa: E402
 from configs import vit_digits  # noqa: E402
 from experiments.vit_digits.experiment import make_experiment  # noqa: E402
 from mmjax.data import make_global_batch  # noqa: E402
-from mmjax.train.trainer import _Setup  # noqa: E402
+from mmjax.train.trainer import TrainSetup  # noqa: E402
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 
@@ -38,7 +38,7 @@ def _batch(n, rng):
 
 
 def time_mmjax(config, batch_np, steps, warmup):
-  setup = _Setup(config, make_experiment(config))
+  setup = TrainSetup(config, make_experiment(config))
   state = setup.init_state(jax.random.PRNGKey(0))
   step_fn = setup.build_step()
   batch = make_global_batch(batch_np, setup.batch_sharding)

@@ -7,6 +7,7 @@ NaN guard and SIGTERM handling.
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import importlib
 import os
@@ -120,8 +121,8 @@ class _Preemption:
       signal.signal(signal.SIGTERM, self._previous)
 
 
-class _Setup:
-  """Mesh, shardings, optimiser and jitted functions of one run."""
+class TrainSetup:
+  """Mesh, shardings, optimiser and the jitted init/step of one run (benchmarks build steps from it)."""
 
   def __init__(self, config, experiment: Experiment):
     self.config = config
@@ -154,9 +155,8 @@ class _Setup:
     self.groups = sorted(set(jax.tree.leaves(self.labels)))
     self.num_params = sum(int(np.prod(x.shape)) for x in jax.tree.leaves(abstract_params))
 
-  def scope(self):
+  def scope(self) -> contextlib.ExitStack:
     """Mesh + logical rules context for tracing model code."""
-    import contextlib
     stack = contextlib.ExitStack()
     stack.enter_context(jax.set_mesh(self.mesh))
     stack.enter_context(nn.logical_axis_rules(self.rules))
@@ -230,7 +230,7 @@ class _Setup:
             metrics[f'grad_norm/{name}'] = norm
         for name, sched in opt.schedules.items():
           metrics[f'lr/{name}'] = sched(state['step'])
-      metrics.update({k: v for k, v in aux.items()})
+      metrics.update(aux)
       return new, metrics
 
     with self.scope():
@@ -248,7 +248,7 @@ def _check_finite(step: int, m: Mapping[str, Any]) -> None:
       + '. The state of the previous step was kept; the last checkpoint is intact.')
 
 
-def evaluate(setup: _Setup, state, ctx: Context) -> dict[str, float]:
+def evaluate(setup: TrainSetup, state, ctx: Context) -> dict[str, float]:
   params = state.get('ema_params', state['params'])
   out = {}
   with setup.scope():
@@ -278,7 +278,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
   os.makedirs(workdir, exist_ok=True)
   quiet_library_logs()
   experiment = experiment or load_experiment(config)
-  setup = _Setup(config, experiment)
+  setup = TrainSetup(config, experiment)
   is_primary = jax.process_index() == 0
   ctx = Context(config, workdir, setup.mesh, setup.rules, setup.batch_sharding)
   logging.info('mesh %s on %d devices (%d processes); %s parameters',
@@ -388,7 +388,7 @@ def evaluate_checkpoint(config: ml_collections.ConfigDict, workdir: str,
                         experiment: Experiment | None = None, *, step: int | None = None) -> dict[str, Any]:
   """Restores a checkpoint of `workdir` (default: the latest) and runs the evaluators."""
   experiment = experiment or load_experiment(config)
-  setup = _Setup(config, experiment)
+  setup = TrainSetup(config, experiment)
   ckpt = ckpt_lib.Checkpointer(os.path.join(workdir, 'checkpoints'), every=config.ckpt_every,
                                keep=config.keep_ckpts, async_save=False)
   step = ckpt.latest_step() if step is None else step

@@ -11,7 +11,7 @@ from experiments.vit_digits.experiment import make_experiment
 from mmjax.train import evaluate_checkpoint, train_and_evaluate
 from mmjax.train.mesh import make_mesh
 from mmjax.train.sharding import partition_specs_json
-from mmjax.train.trainer import _Setup
+from mmjax.train.trainer import TrainSetup
 from tests.train.metrics_io import read_metrics
 
 GOLDEN = os.path.join(os.path.dirname(__file__), 'golden', 'vit_digits_smoke_partition_specs.json')
@@ -81,7 +81,7 @@ def test_checkpoint_from_8_devices_restores_on_fewer(sharded_run, mesh):
 
 def test_golden_partition_specs_of_the_smoke_config():
   config = _config({'data': 2, 'fsdp': 2, 'tensor': 2})
-  specs = partition_specs_json(_Setup(config, make_experiment(config)).param_shardings)
+  specs = partition_specs_json(TrainSetup(config, make_experiment(config)).param_shardings)
   if os.environ.get('UPDATE_GOLDEN'):
     with open(GOLDEN, 'w') as f:
       f.write(specs + '\n')

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from mmjax.train import group, train_and_evaluate
-from mmjax.train.trainer import _Setup
+from mmjax.train.trainer import TrainSetup
 from tests.train.metrics_io import read_metrics
 from tests.train.toy import toy_config, toy_data, toy_experiment
 
@@ -57,7 +57,7 @@ def test_frozen_group_is_not_updated_and_group_lrs_are_logged(tmp_path):
   for k, v in config_groups.items():
     cfg.optim.groups[k] = v
   exp = toy_experiment(cfg)
-  initial = _Setup(cfg, exp).init_state(jax.random.PRNGKey(cfg.seed))['params']
+  initial = TrainSetup(cfg, exp).init_state(jax.random.PRNGKey(cfg.seed))['params']
   initial = jax.tree.map(np.asarray, initial)
   out = train_and_evaluate(cfg, str(tmp_path / 'g'), exp)
   rows = read_metrics(str(tmp_path / 'g'))

@@ -15,7 +15,6 @@ import datetime
 import json
 import os
 import platform
-import statistics
 import sys
 import time
 
@@ -27,6 +26,7 @@ import numpy as np  # noqa: E402
 import optax  # noqa: E402
 
 from experiments.bench.qwen2_100m import QWEN2_100M  # noqa: E402
+from experiments.bench.timing import median_time  # noqa: E402
 from mmjax.data import make_global_batch  # noqa: E402
 from mmjax.models.qwen2 import Qwen2Config, Qwen2ForCausalLM  # noqa: E402
 from mmjax.train import Experiment, base_config  # noqa: E402
@@ -35,23 +35,12 @@ from mmjax.train.trainer import TrainSetup  # noqa: E402
 HERE = os.path.dirname(os.path.abspath(__file__))
 
 
-def _median_time(fn, steps, warmup):
-  for _ in range(warmup):
-    fn()
-  times = []
-  for _ in range(steps):
-    t = time.perf_counter()
-    fn()
-    times.append(time.perf_counter() - t)
-  return statistics.median(times)
-
-
 def matmul_gflops(n=2048, reps=10):
   """GFLOP/s of an n x n x n float32 matmul under jit: the machine's practical ceiling."""
   a = jax.random.normal(jax.random.PRNGKey(0), (n, n))
   f = jax.jit(lambda a: a @ a)
   f(a).block_until_ready()
-  t = _median_time(lambda: f(a).block_until_ready(), reps, 2)
+  t = median_time(lambda: f(a).block_until_ready(), reps, 2)
   return 2 * n ** 3 / t / 1e9
 
 
@@ -90,7 +79,7 @@ def mmjax_train_step(cfg, batch, seq, steps, warmup):
     holder[0], m = compiled(holder[0], b)
     jax.block_until_ready(m)
 
-  return compile_s, _median_time(run, steps, warmup), setup.num_params
+  return compile_s, median_time(run, steps, warmup), setup.num_params
 
 
 def mmjax_forward(cfg, seq, steps, warmup):
@@ -99,7 +88,7 @@ def mmjax_forward(cfg, seq, steps, warmup):
   params = jax.jit(lambda r: model.init(r, ids[:, :8])['params'])(jax.random.PRNGKey(0))
   f = jax.jit(lambda p, x: model.apply({'params': p}, x).logits)
   f(params, ids).block_until_ready()
-  return _median_time(lambda: f(params, ids).block_until_ready(), steps, warmup)
+  return median_time(lambda: f(params, ids).block_until_ready(), steps, warmup)
 
 
 def torch_model(cfg_dict):
@@ -123,7 +112,7 @@ def torch_train_step(cfg_dict, batch, seq, steps, warmup):
     torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
     opt.step()
 
-  return _median_time(run, steps, warmup)
+  return median_time(run, steps, warmup)
 
 
 def torch_forward(cfg_dict, seq, steps, warmup):
@@ -131,7 +120,7 @@ def torch_forward(cfg_dict, seq, steps, warmup):
   model = torch_model(cfg_dict).eval()
   ids = torch.from_numpy(np.random.default_rng(1).integers(0, cfg_dict['vocab_size'], (1, seq)))
   with torch.inference_mode():
-    return _median_time(lambda: model(input_ids=ids), steps, warmup)
+    return median_time(lambda: model(input_ids=ids), steps, warmup)
 
 
 def main():

@@ -15,7 +15,6 @@ import datetime
 import json
 import os
 import platform
-import statistics
 import sys
 import time
 
@@ -25,6 +24,7 @@ import jax  # noqa: E402
 import numpy as np  # noqa: E402
 
 from configs import vit_digits  # noqa: E402
+from experiments.bench.timing import median_time  # noqa: E402
 from experiments.vit_digits.experiment import make_experiment  # noqa: E402
 from mmjax.data import make_global_batch  # noqa: E402
 from mmjax.train.trainer import TrainSetup  # noqa: E402
@@ -46,16 +46,13 @@ def time_mmjax(config, batch_np, steps, warmup):
   with setup.scope():
     compiled = step_fn.lower(state, batch).compile()
   compile_s = time.perf_counter() - t0
-  for _ in range(warmup):
-    state, m = compiled(state, batch)
-  jax.block_until_ready(state)
-  times = []
-  for _ in range(steps):
-    t = time.perf_counter()
-    state, m = compiled(state, batch)
-    jax.block_until_ready((state, m))
-    times.append(time.perf_counter() - t)
-  return compile_s, statistics.median(times), setup.num_params
+  holder = [state]
+
+  def run():
+    holder[0], m = compiled(holder[0], batch)
+    jax.block_until_ready(m)
+
+  return compile_s, median_time(run, steps, warmup), setup.num_params
 
 
 def torch_model(config):
@@ -105,14 +102,7 @@ def time_torch(config, batch_np, steps, warmup, compile_model):
   t0 = time.perf_counter()
   fn()
   compile_s = time.perf_counter() - t0
-  for _ in range(warmup):
-    fn()
-  times = []
-  for _ in range(steps):
-    t = time.perf_counter()
-    fn()
-    times.append(time.perf_counter() - t)
-  return compile_s, statistics.median(times)
+  return compile_s, median_time(fn, steps, warmup)
 
 
 def main():

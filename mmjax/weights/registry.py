@@ -1,10 +1,11 @@
 """HF model_type -> ModelSpec. Supporting a new model is one entry here plus its key map module."""
 from typing import Any
 
-from mmjax.weights import qwen2, siglip
+from mmjax.weights import llava_onevision, qwen2, siglip
 from mmjax.weights.key_map import ModelSpec
 
 MODEL_SPECS: dict[str, ModelSpec] = {
+    'llava_onevision': llava_onevision.SPEC,
     'qwen2': qwen2.SPEC,
     'siglip_vision_model': siglip.SPEC,
 }

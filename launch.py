@@ -3,6 +3,8 @@
   python launch.py --config configs/vit_digits.py:mode=smoke --workdir runs/digits_smoke
   python launch.py --config configs/vit_digits.py --workdir runs/digits --config.optim.lr=3e-3
   python launch.py --config configs/vit_digits.py --workdir runs/digits --mode eval
+  python launch.py --mode convert --convert_from HF_DIR --convert_to runs/params      # HF -> orbax
+  python launch.py --mode convert --convert_from runs/params --convert_to HF_OUT      # orbax -> HF
 
 Multi-host: on a TPU pod or a SLURM/Kubernetes cluster JAX finds the coordinator itself;
 elsewhere pass --coordinator_address=HOST:PORT --num_processes=N --process_id=I to every
@@ -22,10 +24,14 @@ from ml_collections import config_flags
 
 _CONFIG = config_flags.DEFINE_config_file('config', None, 'configs/<exp>.py[:args]', lock_config=True)
 _WORKDIR = flags.DEFINE_string('workdir', None, 'Directory for checkpoints, metrics and reports.')
-_MODE = flags.DEFINE_enum('mode', 'train', ['train', 'eval'], 'What to run.')
+_MODE = flags.DEFINE_enum('mode', 'train', ['train', 'eval', 'convert'], 'What to run.')
 _COORDINATOR = flags.DEFINE_string('coordinator_address', None, 'HOST:PORT of process 0 (multi-host).')
 _NUM_PROCESSES = flags.DEFINE_integer('num_processes', None, 'Number of processes (multi-host).')
 _PROCESS_ID = flags.DEFINE_integer('process_id', None, 'Index of this process (multi-host).')
+_CONVERT_FROM = flags.DEFINE_string('convert_from', None,
+                                    'convert: an HF directory, an mmjax params checkpoint or a training workdir.')
+_CONVERT_TO = flags.DEFINE_string('convert_to', None, 'convert: the directory to write.')
+_HF_CONFIG = flags.DEFINE_string('hf_config', None, 'convert to HF from a workdir: config.json or HF directory.')
 _STOP_AFTER = flags.DEFINE_integer('stop_after_step', None,
                                    'Checkpoint and exit 0 after this step (time-sliced jobs).')
 
@@ -90,9 +96,25 @@ def _maybe_initialize_distributed():
     jax.distributed.initialize()
 
 
+def _convert():
+  """HF directory -> mmjax params checkpoint, or params checkpoint / training workdir -> HF directory."""
+  if not _CONVERT_FROM.value or not _CONVERT_TO.value:
+    raise app.UsageError('--mode convert needs --convert_from and --convert_to')
+  from mmjax.weights import hf_to_orbax, orbax_to_hf
+  src = _CONVERT_FROM.value
+  if os.path.isfile(os.path.join(src, 'config.json')) and not os.path.isdir(os.path.join(src, 'params')):
+    out = hf_to_orbax(src, _CONVERT_TO.value)
+  else:
+    out = orbax_to_hf(src, _CONVERT_TO.value, hf_config=_HF_CONFIG.value)
+  print(f'wrote {out}')
+
+
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
+  if _MODE.value == 'convert':
+    _convert()
+    return
   if _CONFIG.value is None or not _WORKDIR.value:
     raise app.UsageError('--config and --workdir are required')
   _maybe_initialize_distributed()

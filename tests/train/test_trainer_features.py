@@ -108,3 +108,9 @@ def test_relative_workdir(tmp_path, monkeypatch):
   out = train_and_evaluate(config, 'relative/run', toy_experiment(config))
   assert out['step'] == 2
   assert os.path.isdir(tmp_path / 'relative' / 'run' / 'checkpoints' / '2')
+
+
+def test_keep_ckpts_and_interval(tmp_path):
+  _, workdir = _run(tmp_path, total_steps=7, ckpt_every=2, keep_ckpts=2)
+  steps = sorted(int(d) for d in os.listdir(os.path.join(workdir, 'checkpoints')) if d.isdigit())
+  assert steps == [6, 7]  # saves at 2, 4, 6 and the final step; only the newest two are kept

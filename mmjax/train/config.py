@@ -16,6 +16,9 @@ def base_config() -> ml_collections.ConfigDict:
   c.experiment = ''  # module path with `make_experiment(config)`, e.g. 'experiments.vit_digits.experiment'
   c.mode = 'train'  # the config variant (e.g. 'smoke'); launch.py's --mode picks train/eval
   c.seed = 0
+  # Start params (not optimiser state) from another run's workdir or an mmjax params checkpoint
+  # when the workdir holds no checkpoint yet. Priority: workdir checkpoint > init_from > fresh init.
+  c.init_from = ''
   c.total_steps = 1000
   c.batch_size = 128  # global batch, over all processes
   c.grad_accum_steps = 1  # microbatches per step; batch_size must divide evenly

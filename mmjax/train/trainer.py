@@ -300,6 +300,13 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
     logging.info('Resumed from the checkpoint at step %d in %s', latest, workdir)
   else:
     state = setup.init_state(jax.random.PRNGKey(config.seed))
+    if config.get('init_from'):
+      abstract = jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
+                              setup.abstract_state['params'], setup.param_shardings)
+      state['params'] = ckpt_lib.load_params(config.init_from, abstract)
+      if 'ema_params' in state:
+        state['ema_params'] = jax.tree.map(jnp.copy, state['params'])
+      logging.info('Initialised the params from %s', config.init_from)
     data_iter = make_iterator(experiment.train_data)
   start = int(jax.device_get(state['step']))
 

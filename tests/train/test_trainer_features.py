@@ -114,3 +114,25 @@ def test_keep_ckpts_and_interval(tmp_path):
   _, workdir = _run(tmp_path, total_steps=7, ckpt_every=2, keep_ckpts=2)
   steps = sorted(int(d) for d in os.listdir(os.path.join(workdir, 'checkpoints')) if d.isdigit())
   assert steps == [6, 7]  # saves at 2, 4, 6 and the final step; only the newest two are kept
+
+
+def test_init_from_another_run_and_its_priority(tmp_path):
+  first, first_dir = _run(tmp_path, 'first', total_steps=4)
+  # lr 0: the second run's params stay at what it was initialised with.
+  second, second_dir = _run(tmp_path, 'second', total_steps=2, init_from=first_dir, **{'optim.lr': 0.0})
+  for a, b in zip(jax.tree.leaves(first['state']['params']), jax.tree.leaves(second['state']['params'])):
+    np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+  # A workdir checkpoint wins over init_from: resuming ignores it.
+  again = train_and_evaluate(toy_config(mesh=ONE_DEVICE, total_steps=2, init_from='/nonexistent'), second_dir,
+                             toy_experiment(toy_config()))
+  assert again['step'] == 2
+
+
+def test_init_from_with_mismatched_shapes_names_them(tmp_path):
+  import orbax.checkpoint as ocp
+  from mmjax.train import IncompatibleCheckpointError
+  bad = {'enc': {'w': np.zeros((4, 4), np.float32)}, 'head': {'w': np.zeros((4, 3), np.float32)}}
+  with ocp.StandardCheckpointer() as ckptr:
+    ckptr.save(tmp_path / 'src' / 'params', bad)
+  with pytest.raises(IncompatibleCheckpointError, match=r'head/w: \(4, 3\).*\(4, 2\)'):
+    _run(tmp_path, init_from=str(tmp_path / 'src'))

@@ -1,1 +1,9 @@
-"""mmjax.generate."""
+"""mmjax.generate: KV-cache decoding engine (sampling, beam search, scoring) for every mmjax decoder."""
+from mmjax.generate.adapters import DecoderAdapter, Qwen2Adapter, as_adapter
+from mmjax.generate.beam_search import Hypothesis, beam_search
+from mmjax.generate.compiles import compile_counts
+from mmjax.generate.generate import Completion, generate, stream
+from mmjax.generate.score import score
+
+__all__ = ['Completion', 'DecoderAdapter', 'Hypothesis', 'Qwen2Adapter', 'as_adapter', 'beam_search', 'compile_counts',
+           'generate', 'score', 'stream']

@@ -1,0 +1,116 @@
+"""What the generation engine needs from a decoder, and the adapter for `Qwen2ForCausalLM`.
+
+The engine (`generate`, `beam_search`, `score`) never calls a flax module directly: it talks to a `DecoderAdapter`.
+A multimodal model plugs in with its own adapter whose `prefill` turns token ids plus its model inputs (e.g. pixel
+values) into embeddings (text embeddings with the visual features merged at the placeholder tokens) and prefills
+the language model with them (`Qwen2Adapter.prefill_embeds`); `decode` is then the language model's text decode.
+
+Cache contract: a cache is a pytree whose leaves all have the batch as their leading axis (the engine repeats rows
+for samples and gathers rows for beams), and after `prefill` row b holds exactly its lengths[b] prompt tokens,
+contiguous from slot 0, so that each later token is appended at slot lengths[b] and a decode-attention kernel that
+only knows per-row lengths sees exactly the real tokens.
+"""
+import dataclasses
+from typing import Any, Protocol, runtime_checkable
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from mmjax.models.kv_cache import KVCache, init_cache
+from mmjax.models.qwen2 import Qwen2ForCausalLM
+
+
+@runtime_checkable
+class DecoderAdapter(Protocol):
+  """A causal decoder as the engine sees it. Implementations are hashable (they are static arguments of jit)."""
+
+  @property
+  def vocab_size(self) -> int:
+    """Size of the logits' last axis."""
+
+  @property
+  def max_context(self) -> int:
+    """Most tokens (prompt + generated) one row may hold."""
+
+  def init_cache(self, batch: int, max_len: int) -> Any:
+    """An empty cache of `batch` rows and `max_len` slots per row."""
+
+  def prefill(self, params: Any, tokens: jax.Array, lengths: jax.Array, cache: Any, **model_inputs: jax.Array
+              ) -> tuple[jax.Array, Any]:
+    """Runs right-padded prompts tokens int32 [B, P] with lengths int32 [B] (>= 1) into an empty cache.
+
+    Returns (float32 logits [B, V] after each row's last real token, the cache holding rows contiguously).
+    model_inputs: the model's extra inputs for the real prompts, as the caller passed them (arrays traced, other
+    values static). Rows that only pad the batch hold one token 0 and no image or video placeholder.
+    """
+
+  def decode(self, params: Any, tokens: jax.Array, cache: Any) -> tuple[jax.Array, Any]:
+    """Appends one token per row, tokens int32 [B]; returns (float32 next-token logits [B, V], the cache)."""
+
+  def logits(self, params: Any, tokens: jax.Array, lengths: jax.Array, **model_inputs: jax.Array) -> jax.Array:
+    """Full-sequence float32 logits [B, S, V] of right-padded tokens int32 [B, S] (no cache); [b, t] predicts t+1."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Qwen2Adapter:
+  """`DecoderAdapter` for a text-only `Qwen2ForCausalLM`; the cache is a `KVCache` in the module's compute dtype."""
+  module: Qwen2ForCausalLM
+
+  @property
+  def vocab_size(self) -> int:
+    return self.module.config.vocab_size
+
+  @property
+  def max_context(self) -> int:
+    return self.module.config.max_position_embeddings
+
+  def init_cache(self, batch: int, max_len: int) -> KVCache:
+    return init_cache(self.module.config, batch, max_len, self.module.dtype or self.module.param_dtype)
+
+  def prefill(self, params: Any, tokens: jax.Array, lengths: jax.Array, cache: KVCache,
+              **model_inputs: jax.Array) -> tuple[jax.Array, KVCache]:
+    _text_only(model_inputs)
+    return self._prefill(params, lengths, cache, input_ids=tokens)
+
+  def prefill_embeds(self, params: Any, embeds: jax.Array, lengths: jax.Array, cache: KVCache
+                     ) -> tuple[jax.Array, KVCache]:
+    """`prefill` from right-padded input embeddings [B, P, E], e.g. text embeddings with visual features merged
+    in: a multimodal adapter computes those and delegates here with its language model's params."""
+    return self._prefill(params, lengths, cache, inputs_embeds=embeds)
+
+  def _prefill(self, params: Any, lengths: jax.Array, cache: KVCache, **inputs: jax.Array
+               ) -> tuple[jax.Array, KVCache]:
+    width = next(iter(inputs.values())).shape[1]
+    mask = jnp.arange(width)[None, :] < lengths[:, None]
+    out = self.module.apply({'params': params}, **inputs, attention_mask=mask, cache=cache)
+    last = jnp.take_along_axis(out.logits, (lengths - 1)[:, None, None], axis=1)[:, 0]
+    # The right padding was written after each prompt; forgetting it leaves every row contiguous from slot 0, and
+    # the next token overwrites the first padding slot. Positions count valid slots, so they stay HF's.
+    slots = jnp.arange(out.cache.max_len)[None, :]
+    return last, out.cache.replace(lengths=lengths.astype(jnp.int32), valid=slots < lengths[:, None])
+
+  def decode(self, params: Any, tokens: jax.Array, cache: KVCache) -> tuple[jax.Array, KVCache]:
+    out = self.module.apply({'params': params}, tokens[:, None], cache=cache)
+    return out.logits[:, 0], out.cache
+
+  def logits(self, params: Any, tokens: jax.Array, lengths: jax.Array, **model_inputs: jax.Array) -> jax.Array:
+    _text_only(model_inputs)
+    mask = jnp.arange(tokens.shape[1])[None, :] < lengths[:, None]
+    return self.module.apply({'params': params}, tokens, attention_mask=mask).logits
+
+
+def _text_only(model_inputs: dict[str, Any]) -> None:
+  if model_inputs:
+    raise ValueError(f'Qwen2ForCausalLM is a text-only model; it takes no {sorted(model_inputs)}. Images and '
+                     'videos need a multimodal model (e.g. LLaVA-OneVision) and its adapter.')
+
+
+def as_adapter(model: nn.Module | DecoderAdapter) -> DecoderAdapter:
+  """The adapter for a supported flax module; a `DecoderAdapter` is returned unchanged."""
+  if isinstance(model, Qwen2ForCausalLM):
+    return Qwen2Adapter(model)
+  if isinstance(model, DecoderAdapter):
+    return model
+  raise TypeError(f'No generation adapter for {type(model).__name__}: pass a Qwen2ForCausalLM or an object '
+                  'implementing mmjax.generate.DecoderAdapter.')

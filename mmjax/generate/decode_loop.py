@@ -1,0 +1,131 @@
+"""The jitted pieces of `generate`: prefill, copying prefills to samples, and the decode `lax.while_loop`.
+
+Rows are prompt-major: row r = prompt r // num_samples, sample r % num_samples. Every row carries its own cache
+row; rows of one prompt start from copies of its single prefill. Each loop step selects every running row's next
+token from its pending logits, then (while any row runs) feeds the tokens to the model for the next logits. The
+loop runs until every row is finished (EOS, a stop sequence, or its token budget) or until a step bound `until`,
+so a caller can stream by running it in chunks; one call with until = budget is one while_loop.
+"""
+import functools
+from typing import Any
+
+import flax.struct
+import jax
+import jax.numpy as jnp
+
+from mmjax.generate.adapters import DecoderAdapter
+from mmjax.generate.compiles import record
+from mmjax.generate.sampling import Filters, SamplingValues, select_tokens
+
+RUNNING, EOS, STOP, LENGTH = 0, 1, 2, 3
+FINISH_REASONS = {EOS: 'eos', STOP: 'stop', LENGTH: 'length'}
+PAD = 0  # token written after a row finishes; results are cut at num_tokens, so it never shows
+
+
+@flax.struct.dataclass
+class StopRules:
+  """Traced stopping rules.
+
+  max_new: int32 scalar token budget per row. eos_ids: int32 [E], -1 = unused.
+  stop_ids: int32 [S, L] stop sequences right-aligned, -1 = padding (an all -1 row never matches).
+  """
+  max_new: jax.Array
+  eos_ids: jax.Array
+  stop_ids: jax.Array
+
+
+@flax.struct.dataclass
+class DecodeState:
+  """The loop carry. R rows, N = bucketed token budget.
+
+  cache: the adapter's cache, R rows. logits: float32 [R, V], the pending next-token logits.
+  tokens: int32 [R, N] and logprobs float32 [R, N] of the generated tokens; num_tokens: int32 [R].
+  finish: int32 [R], RUNNING or the finish reason. step: int32 scalar, tokens generated so far.
+  sample: int32 [R], each row's sample index (its PRNG stream). key: the call's base PRNG key.
+  """
+  cache: Any
+  logits: jax.Array
+  tokens: jax.Array
+  logprobs: jax.Array
+  num_tokens: jax.Array
+  finish: jax.Array
+  step: jax.Array
+  sample: jax.Array
+  key: jax.Array
+
+
+@functools.partial(jax.jit, static_argnames=('adapter', 'static_inputs', 'cache_len'))
+def prefill(adapter: DecoderAdapter, params: Any, tokens: jax.Array, lengths: jax.Array, array_inputs: dict,
+            *, static_inputs: tuple, cache_len: int) -> tuple[jax.Array, Any]:
+  """(logits [B, V] after each prompt, cache of cache_len slots) for right-padded tokens [B, P], lengths [B].
+
+  array_inputs, static_inputs: the model inputs from `batching.split_model_inputs`.
+  """
+  record('prefill', rows=tokens.shape[0], prompt_len=tokens.shape[1], cache_len=cache_len)
+  cache = adapter.init_cache(tokens.shape[0], cache_len)
+  return adapter.prefill(params, tokens, lengths, cache, **array_inputs, **dict(static_inputs))
+
+
+@functools.partial(jax.jit, static_argnames=('num_samples', 'budget'))
+def start(logits: jax.Array, cache: Any, real: jax.Array, key: jax.Array, *, num_samples: int, budget: int
+          ) -> DecodeState:
+  """The loop's initial state: each prompt's prefill copied to its num_samples rows, no token selected yet.
+
+  logits [B, V] and cache from `prefill`; real: bool [B], False for batch-padding rows (born finished).
+  """
+  record('start', rows=logits.shape[0] * num_samples, budget=budget)
+  rows = logits.shape[0] * num_samples
+  repeat = functools.partial(jnp.repeat, repeats=num_samples, axis=0)
+  return DecodeState(
+      cache=jax.tree.map(repeat, cache), logits=repeat(logits),
+      tokens=jnp.full((rows, budget), PAD, jnp.int32), logprobs=jnp.zeros((rows, budget), jnp.float32),
+      num_tokens=jnp.zeros((rows,), jnp.int32), finish=jnp.where(repeat(real), RUNNING, LENGTH),
+      step=jnp.int32(0), sample=jnp.tile(jnp.arange(num_samples, dtype=jnp.int32), logits.shape[0]), key=key)
+
+
+@functools.partial(jax.jit, static_argnames=('adapter', 'filters'), donate_argnames=('state',))
+def decode_loop(adapter: DecoderAdapter, params: Any, state: DecodeState, values: SamplingValues,
+                rules: StopRules, until: jax.Array, *, filters: Filters) -> DecodeState:
+  """Selects tokens and decodes them while some row runs and state.step < until."""
+  record('decode_loop', rows=state.logits.shape[0], budget=state.tokens.shape[1], filters=filters)
+
+  def running(s: DecodeState) -> jax.Array:
+    return (s.step < until) & jnp.any(s.finish == RUNNING)
+
+  def step(s: DecodeState) -> DecodeState:
+    s, token = _emit(s, filters, values, rules)
+    # Once every row has finished, the next logits would never be used.
+    logits, cache = jax.lax.cond(jnp.any(s.finish == RUNNING), lambda: adapter.decode(params, token, s.cache),
+                                 lambda: (s.logits, s.cache))
+    return s.replace(logits=logits, cache=cache)
+
+  return jax.lax.while_loop(running, step, state)
+
+
+def _emit(s: DecodeState, filters: Filters, values: SamplingValues, rules: StopRules
+          ) -> tuple[DecodeState, jax.Array]:
+  """Selects token s.step of every row from s.logits and records it (running rows) and finish reasons.
+
+  Returns (the state, the selected tokens int32 [R]).
+  """
+  keys = jax.vmap(lambda sample: jax.random.fold_in(jax.random.fold_in(s.key, sample), s.step))(s.sample)
+  token = select_tokens(s.logits, filters, values, keys)
+  logprob = jnp.take_along_axis(jax.nn.log_softmax(s.logits, axis=-1), token[:, None], axis=-1)[:, 0]
+  running = s.finish == RUNNING
+  tokens = s.tokens.at[:, s.step].set(jnp.where(running, token, PAD))
+  num_tokens = s.num_tokens + running
+  is_eos = jnp.any(token[:, None] == rules.eos_ids[None, :], axis=-1)
+  finish = jnp.where(is_eos, EOS, jnp.where(_ends_with_stop(tokens, s.step, rules.stop_ids), STOP,
+                                            jnp.where(num_tokens >= rules.max_new, LENGTH, RUNNING)))
+  return s.replace(tokens=tokens, logprobs=s.logprobs.at[:, s.step].set(jnp.where(running, logprob, 0)),
+                   num_tokens=num_tokens, finish=jnp.where(running, finish, s.finish), step=s.step + 1), token
+
+
+def _ends_with_stop(tokens: jax.Array, step: jax.Array, stop_ids: jax.Array) -> jax.Array:
+  """bool [R]: whether tokens[:, :step + 1] [R, N] ends with one of the right-aligned stop_ids [S, L]."""
+  width = stop_ids.shape[1]
+  index = step - width + 1 + jnp.arange(width)
+  window = jnp.where(index >= 0, tokens[:, jnp.maximum(index, 0)], -2)  # -2 matches no stop token
+  used = stop_ids >= 0
+  match = jnp.all((window[:, None, :] == stop_ids[None]) | ~used[None], axis=-1) & jnp.any(used, axis=-1)[None]
+  return jnp.any(match, axis=-1)

@@ -5,6 +5,8 @@
   python launch.py --config configs/vit_digits.py --workdir runs/digits --mode eval
   python launch.py --mode convert --convert_from HF_DIR --convert_to runs/params      # HF -> orbax
   python launch.py --mode convert --convert_from runs/params --convert_to HF_OUT      # orbax -> HF
+  python launch.py --mode generate -- --checkpoint HF_DIR --input prompts.jsonl --output out.jsonl
+  python launch.py --mode generate -- --checkpoint HF_DIR --chat                      # streams tokens
 
 Multi-host: on a TPU pod or a SLURM/Kubernetes cluster JAX finds the coordinator itself;
 elsewhere pass --coordinator_address=HOST:PORT --num_processes=N --process_id=I to every
@@ -24,7 +26,7 @@ from ml_collections import config_flags
 
 _CONFIG = config_flags.DEFINE_config_file('config', None, 'configs/<exp>.py[:args]', lock_config=True)
 _WORKDIR = flags.DEFINE_string('workdir', None, 'Directory for checkpoints, metrics and reports.')
-_MODE = flags.DEFINE_enum('mode', 'train', ['train', 'eval', 'convert'], 'What to run.')
+_MODE = flags.DEFINE_enum('mode', 'train', ['train', 'eval', 'convert', 'generate'], 'What to run.')
 _COORDINATOR = flags.DEFINE_string('coordinator_address', None, 'HOST:PORT of process 0 (multi-host).')
 _NUM_PROCESSES = flags.DEFINE_integer('num_processes', None, 'Number of processes (multi-host).')
 _PROCESS_ID = flags.DEFINE_integer('process_id', None, 'Index of this process (multi-host).')
@@ -110,6 +112,9 @@ def _convert():
 
 
 def main(argv):
+  if _MODE.value == 'generate':  # the generation CLI owns the arguments after `--`
+    from mmjax import cli_generate
+    sys.exit(cli_generate.main(argv[1:]))
   if len(argv) > 1:
     raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
   if _MODE.value == 'convert':

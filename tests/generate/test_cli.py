@@ -140,3 +140,18 @@ def _read_line(proc: subprocess.Popen, timeout: float) -> str:
       return proc.stdout.readline().rstrip('\n')
     assert proc.poll() is None, proc.stderr.read()
   raise TimeoutError(f'no reply within {timeout} s')
+
+
+def test_launch_py_generate_mode_runs_the_batch_cli(checkpoint, tmp_path):
+  prompts = _write_jsonl(tmp_path / 'in.jsonl', [{'id': 'a', 'prompt': 'the cat sat on'},
+                                                  {'id': 'b', 'prompt': 'hello world'}])
+  args = ['--checkpoint', str(checkpoint), '--input', str(prompts), '--max_new_tokens', '5']
+  assert cli_generate.main(args + ['--output', str(tmp_path / 'direct.jsonl')]) == 0
+  env = dict(os.environ, JAX_PLATFORMS='cpu')
+  proc = subprocess.run([sys.executable, 'launch.py', '--mode=generate', '--', *args,
+                         '--output', str(tmp_path / 'launch.jsonl')], cwd=ROOT, env=env, capture_output=True,
+                        text=True, timeout=300)
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  launched = (tmp_path / 'launch.jsonl').read_text()
+  assert launched == (tmp_path / 'direct.jsonl').read_text()
+  assert len(launched.splitlines()) == 2

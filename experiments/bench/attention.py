@@ -14,7 +14,9 @@ bytes of K + V (valid entries) + Q + O. Ratios are to cuDNN measured in the same
   python experiments/bench/attention.py --out runs/bench/attention.json
   python experiments/bench/attention.py --seq-lens 4096 --head-dims 128 --out /tmp/a.json --no-results-md
 
-Writes the JSON to --out and appends a dated section to experiments/bench/RESULTS.md. On a machine
+  python experiments/bench/attention.py --record-from-json run1.json run2.json   # saved runs -> RESULTS.md
+
+Writes the JSON to --out (after every shape, so a run cut short keeps what it measured) and appends a dated section to experiments/bench/RESULTS.md. On a machine
 without a GPU it exits with status 2 before measuring or writing anything.
 """
 from __future__ import annotations
@@ -192,7 +194,7 @@ def _flash_row(name, impl, q, k, v, d_out, causal, mode, iters, warmup, measure)
   return row
 
 
-def bench_flash(args, measure) -> list[dict]:
+def bench_flash(args, measure, on_progress=lambda rows: None) -> list[dict]:
   rows = []
   for d in args.head_dims:
     heads = args.model_dim // d
@@ -218,6 +220,7 @@ def bench_flash(args, measure) -> list[dict]:
           _add_ratios(group, "tflops")
           _print_ratios(group)
           rows += group
+          on_progress(rows)
   return rows
 
 
@@ -367,7 +370,22 @@ def parse_args(argv=None) -> argparse.Namespace:
   return p.parse_args(argv)
 
 
+def record_from_json(paths: list[str], results_md: str) -> None:
+  """Appends the markdown of saved runs (e.g. fetched back from a GPU machine) to results_md."""
+  for path in paths:
+    with open(path) as f:
+      saved = json.load(f)
+    with open(results_md, "a") as f:
+      f.write(results_markdown(saved["environment"], saved["flash"], saved["decode"], saved["command"]))
+    print(f"appended {path} to {results_md}")
+
+
 def main(argv=None) -> int:
+  if argv is None:
+    argv = sys.argv[1:]
+  if argv and argv[0] == "--record-from-json":
+    record_from_json(argv[1:], RESULTS_MD)
+    return 0
   args = parse_args(argv)
   backend = jax.default_backend()
   if backend not in ("gpu", "cuda", "rocm"):
@@ -378,9 +396,17 @@ def main(argv=None) -> int:
   env = environment()
   print(json.dumps(env), flush=True)
   flash_rows, decode_rows = [], []
+  command = " ".join(["python experiments/bench/attention.py"] + list(argv))
+  os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
+
+  def save(rows=None):  # After every group, so that a run cut short still leaves its measurements.
+    with open(args.out, "w") as f:
+      json.dump({"environment": env, "command": command, "flash": rows if rows is not None else flash_rows,
+                 "decode": decode_rows}, f, indent=1)
+
   try:
     if not args.skip_flash:
-      flash_rows = bench_flash(args, measure)
+      flash_rows = bench_flash(args, measure, save)
     if not args.skip_decode:
       decode_rows = bench_decode(args, measure)
   except KeyboardInterrupt:
@@ -388,10 +414,7 @@ def main(argv=None) -> int:
   except Exception:
     traceback.print_exc()
     print("benchmark failed: writing the rows measured so far", file=sys.stderr)
-  command = " ".join(["python experiments/bench/attention.py"] + (sys.argv[1:] if argv is None else list(argv)))
-  os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
-  with open(args.out, "w") as f:
-    json.dump({"environment": env, "command": command, "flash": flash_rows, "decode": decode_rows}, f, indent=1)
+  save()
   print(f"wrote {args.out}")
   if not args.no_results_md and (flash_rows or decode_rows):
     with open(args.results_md, "a") as f:

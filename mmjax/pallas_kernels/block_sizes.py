@@ -19,6 +19,8 @@ class BlockSizes:
   block_q_dkv, block_k_dkv: dK/dV kernel tiles. block_q_dq, block_k_dq: dQ kernel tiles.
   GPU (Triton) tiles must be powers of two >= 16; TPU tiles multiples of 128.
   Tiles larger than the (padded) sequence are shrunk to fit it.
+  num_warps and num_stages (forward), num_warps_bwd and num_stages_bwd (dK/dV and dQ) are Triton launch
+  parameters (None: the per-head-dim defaults); the TPU kernels ignore them.
   """
   block_q: int
   block_k: int
@@ -26,12 +28,15 @@ class BlockSizes:
   block_k_dkv: int | None = None
   block_q_dq: int | None = None
   block_k_dq: int | None = None
+  num_warps: int | None = None
+  num_warps_bwd: int | None = None
+  num_stages: int | None = None
+  num_stages_bwd: int | None = None
 
   def filled(self) -> "BlockSizes":
     """The same sizes with every backward tile made explicit."""
-    return BlockSizes(
-        block_q=self.block_q, block_k=self.block_k,
-        block_q_dkv=self.block_q_dkv or self.block_q, block_k_dkv=self.block_k_dkv or self.block_k,
+    return dataclasses.replace(
+        self, block_q_dkv=self.block_q_dkv or self.block_q, block_k_dkv=self.block_k_dkv or self.block_k,
         block_q_dq=self.block_q_dq or self.block_q, block_k_dq=self.block_k_dq or self.block_k)
 
   def as_tuple(self) -> tuple[int, ...]:
@@ -57,10 +62,17 @@ def tpu_block_sizes(device_kind: str) -> BlockSizes:
 
 
 def triton_block_sizes(head_dim_padded: int, itemsize: int) -> BlockSizes:
-  """Defaults for the Triton kernels; wide rows (fp32 or head_dim > 128) get smaller tiles to fit SMEM."""
+  """Defaults for the Triton kernels; wide rows (fp32 or head_dim > 128) get smaller tiles to fit SMEM.
+
+  The 16-bit entries are the best of experiments/bench/tune_flash.py on an H100 (S=4096, bf16, 2026-11-25):
+  against the previous (128, 64) forward and (32, 64)/(64, 32) backward tiles they took the head-dim-128
+  forward from 318 to 400 TFLOP/s and forward+backward from 150 to 321.
+  """
   if head_dim_padded * itemsize > 256:
     return BlockSizes(64, 32, block_q_dkv=32, block_k_dkv=32, block_q_dq=64, block_k_dq=32)
-  return BlockSizes(128, 64, block_q_dkv=32, block_k_dkv=64, block_q_dq=64, block_k_dq=32)
+  if head_dim_padded <= 64:
+    return BlockSizes(64, 128, 64, 64, 64, 64, num_warps=4, num_warps_bwd=4, num_stages=2)
+  return BlockSizes(128, 128, 64, 64, 64, 64, num_warps=8, num_warps_bwd=4, num_stages=3, num_stages_bwd=2)
 
 
 def triton_num_warps(head_dim_padded: int) -> int:

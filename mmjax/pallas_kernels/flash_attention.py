@@ -13,6 +13,7 @@ kernels, and padded keys are masked inside them.
 """
 from __future__ import annotations
 
+import dataclasses
 import functools
 import math
 from typing import Any
@@ -65,8 +66,9 @@ def flash_attention(q: jax.Array, k: jax.Array, v: jax.Array, *, causal: bool = 
 
 def _clamp_blocks(blocks: BlockSizes, q_cap: int, k_cap: int) -> BlockSizes:
   f = blocks.filled()
-  return BlockSizes(min(f.block_q, q_cap), min(f.block_k, k_cap), min(f.block_q_dkv, q_cap),
-                    min(f.block_k_dkv, k_cap), min(f.block_q_dq, q_cap), min(f.block_k_dq, k_cap))
+  return dataclasses.replace(
+      f, block_q=min(f.block_q, q_cap), block_k=min(f.block_k, k_cap), block_q_dkv=min(f.block_q_dkv, q_cap),
+      block_k_dkv=min(f.block_k_dkv, k_cap), block_q_dq=min(f.block_q_dq, q_cap), block_k_dq=min(f.block_k_dq, k_cap))
 
 
 def _pad_axes(x: jax.Array | None, sizes: dict[int, int]) -> jax.Array | None:
@@ -86,18 +88,21 @@ def _flash_attention(q, k, v, q_seg, kv_seg, *, causal, scale, block_sizes, back
     blocks = block_sizes or triton_block_sizes(d_pad, q.dtype.itemsize)
     check_triton_blocks(blocks)
     blocks = _clamp_blocks(blocks, max(16, next_power_of_2(sq)), max(16, next_power_of_2(sk)))
-    num_warps = triton_num_warps(d_pad)
+    num_warps = blocks.num_warps or triton_num_warps(d_pad)
+    num_warps_bwd = blocks.num_warps_bwd or num_warps
   else:
     # Mosaic tiles (8, 128): D <= 128 is used as is (full dimension), wider D is padded to 128s.
     d_pad = d if d <= 128 else round_up(d, 128)
     blocks = block_sizes or tpu_block_sizes(jax.devices()[0].device_kind)
     check_tpu_blocks(blocks)
     blocks = _clamp_blocks(blocks, round_up(sq, 128), round_up(sk, 128))
-    num_warps = 4
+    num_warps = num_warps_bwd = 4
   sq_pad = round_up(sq, math.lcm(blocks.block_q, blocks.block_q_dkv, blocks.block_q_dq))
   sk_pad = round_up(sk, math.lcm(blocks.block_k, blocks.block_k_dkv, blocks.block_k_dq))
   cfg = FlashConfig(causal=causal, scale=scale, q_len=sq, kv_len=sk, blocks=blocks,
-                    segmented=q_seg is not None, interpret=interpret, num_warps=num_warps)
+                    segmented=q_seg is not None, interpret=interpret, num_warps=num_warps,
+                    num_warps_bwd=num_warps_bwd, num_stages=blocks.num_stages or 2,
+                    num_stages_bwd=blocks.num_stages_bwd or blocks.num_stages or 2)
   q_seg, kv_seg = _pad_axes(q_seg, {1: sq_pad}), _pad_axes(kv_seg, {1: sk_pad})
   if backend == TRITON:
     q, k, v = (_pad_axes(x, {1: s, 3: d_pad}) for x, s in ((q, sq_pad), (k, sk_pad), (v, sk_pad)))

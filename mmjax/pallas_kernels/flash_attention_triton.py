@@ -112,7 +112,9 @@ def _forward_kernel(*refs, cfg: FlashConfig):
   lse_ref[...] = lse
 
 
-def _compiler_params(cfg: FlashConfig):
+def _compiler_params(cfg: FlashConfig, backward: bool = False):
+  if backward:
+    return pltriton.CompilerParams(num_warps=cfg.num_warps_bwd, num_stages=cfg.num_stages_bwd)
   return pltriton.CompilerParams(num_warps=cfg.num_warps, num_stages=cfg.num_stages)
 
 
@@ -253,7 +255,7 @@ def backward(q, k, v, q_seg, kv_seg, out, lse, d_out, delta, cfg: FlashConfig):
       in_specs=in_specs,
       out_specs=[kv_spec, kv_spec],
       out_shape=[jax.ShapeDtypeStruct(k.shape, k.dtype), jax.ShapeDtypeStruct(v.shape, v.dtype)],
-      compiler_params=_compiler_params(cfg),
+      compiler_params=_compiler_params(cfg, backward=True),
       interpret=cfg.interpret,
       cost_estimate=cfg.cost(b, h, d, 4, [q, k, v, d_out, lse, delta, k, v]),
       name="mmjax_flash_dkv",
@@ -278,7 +280,7 @@ def backward(q, k, v, q_seg, kv_seg, out, lse, d_out, delta, cfg: FlashConfig):
       in_specs=in_specs,
       out_specs=q_spec,
       out_shape=jax.ShapeDtypeStruct(q.shape, q.dtype),
-      compiler_params=_compiler_params(cfg),
+      compiler_params=_compiler_params(cfg, backward=True),
       interpret=cfg.interpret,
       cost_estimate=cfg.cost(b, h, d, 3, [q, k, v, d_out, lse, delta, q]),
       name="mmjax_flash_dq",

@@ -27,7 +27,9 @@ class FlashConfig:
   segmented: bool
   interpret: Any
   num_warps: int = 4
+  num_warps_bwd: int = 4
   num_stages: int = 2
+  num_stages_bwd: int = 2
 
   @property
   def offset(self) -> int:

@@ -185,3 +185,33 @@ def test_invalid_requests_raise(bad, message):
     kwargs["interpret"] = False
   with pytest.raises(ValueError, match=message):
     flash_attention(q, k, k, **kwargs)
+
+
+def test_triton_launch_parameters_reach_the_kernels():
+  """num_warps / num_stages of BlockSizes go to the forward, and the *_bwd ones to the dK/dV and dQ kernels."""
+  import jax.extend.core as jex_core
+  q = jnp.zeros((1, 64, 2, 64), jnp.bfloat16)
+  blocks = BlockSizes(32, 32, num_warps=2, num_stages=3, num_warps_bwd=8, num_stages_bwd=1)
+
+  def loss(q):
+    return flash_attention(q, q, q, causal=True, block_sizes=blocks, backend="triton", interpret=True).sum()
+
+  found = {}
+
+  def walk(jaxpr):
+    for eqn in jaxpr.eqns:
+      if eqn.primitive.name == "pallas_call":
+        params = eqn.params["compiler_params"]
+        params = params.get("triton", params) if isinstance(params, dict) else params
+        name = eqn.params.get("name")
+        name = getattr(name, "name", name) or eqn.params["name_and_src_info"].name  # Key name differs by jax.
+        found[name] = (params.num_warps, params.num_stages)
+      for value in eqn.params.values():
+        for sub in (value if isinstance(value, (tuple, list)) else (value,)):
+          if isinstance(sub, jex_core.ClosedJaxpr):
+            walk(sub.jaxpr)
+          elif isinstance(sub, jex_core.Jaxpr):
+            walk(sub)
+
+  walk(jax.make_jaxpr(jax.grad(lambda q: loss(q.astype(jnp.bfloat16)).astype(jnp.float32)))(q).jaxpr)
+  assert found == {"mmjax_flash_forward": (2, 3), "mmjax_flash_dkv": (8, 1), "mmjax_flash_dq": (8, 1)}, found

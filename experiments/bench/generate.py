@@ -66,11 +66,12 @@ def compare(module, params, hf, prompts: np.ndarray, new_tokens: int, repeats: i
   Returns medians (seconds) of each, mmjax's compile time, and both sides' generated tokens.
   """
   import torch
-  ids = torch.from_numpy(prompts.astype(np.int64))
+  ids = torch.from_numpy(prompts.astype(np.int64)).to(hf.device)
+  sync = torch.cuda.synchronize if hf.device.type == 'cuda' else (lambda: None)
   calls = {
       'mmjax': lambda n: generate(module, params, prompts.tolist(), max_new_tokens=n),
-      'hf': lambda n: hf.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=n, min_new_tokens=n,
-                                  do_sample=False, pad_token_id=0),
+      'hf': lambda n: (hf.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=n, min_new_tokens=n,
+                                   do_sample=False, pad_token_id=0), sync())[0],
   }
   start = time.perf_counter()
   ours = calls['mmjax'](new_tokens)
@@ -87,7 +88,7 @@ def compare(module, params, hf, prompts: np.ndarray, new_tokens: int, repeats: i
           times[name, n].append(time.perf_counter() - start)
   median = {key: statistics.median(value) for key, value in times.items()}
   return dict(median=median, compile_s=first - median['mmjax', new_tokens],
-              same_tokens=[c.tokens for (c,) in ours] == theirs[:, prompts.shape[1]:].tolist())
+              same_tokens=[c.tokens for (c,) in ours] == theirs[:, prompts.shape[1]:].cpu().tolist())
 
 
 def main() -> None:
@@ -106,6 +107,8 @@ def main() -> None:
   with tempfile.TemporaryDirectory() as directory:
     hf.save_pretrained(directory)
     module, params, config = from_pretrained(directory)
+  if jax.default_backend() == 'gpu' and torch.cuda.is_available():
+    hf = hf.cuda()  # Side by side on the same card.
   param_bytes = sum(x.nbytes for x in jax.tree.leaves(params))
   reduction = functools.partial(reduction_gbps, 256 if args.quick else 1024, 2 * args.repeats)
   gbps = reduction()

@@ -40,11 +40,15 @@ class KVCache:
   keys, values: one array per layer, [B, max_len, Hkv, D] each (keys after RoPE).
   lengths: int32 [B], slots written so far in each row; the next chunk starts at lengths[b].
   valid: bool [B, max_len], True where a written slot holds a real (non-padding) token.
+  contiguous: static promise that valid[b] is exactly slots [0, lengths[b]) in every row (no padding inside),
+    as after `mmjax.generate`'s prefill. A model may then attend by lengths alone (`kv_lengths` of
+    `dot_product_attention`, the decode kernel on GPU/TPU) instead of building the [B, S, max_len] mask.
   """
   keys: tuple[jax.Array, ...]
   values: tuple[jax.Array, ...]
   lengths: jax.Array
   valid: jax.Array
+  contiguous: bool = flax.struct.field(pytree_node=False, default=False)
 
   @property
   def max_len(self) -> int:
@@ -75,9 +79,11 @@ class KVCache:
 
   def update(self, keys: tuple[jax.Array, ...], values: tuple[jax.Array, ...], chunk_valid: jax.Array
              ) -> 'KVCache':
-    """The cache after a chunk: new per-layer buffers (from `write_chunk`), lengths += S, valid updated."""
-    return KVCache(keys=tuple(keys), values=tuple(values), lengths=self.lengths + chunk_valid.shape[1],
-                   valid=self.valid_after(chunk_valid))
+    """The cache after a chunk: new per-layer buffers (from `write_chunk`), lengths += S, valid updated.
+
+    The caller keeps `contiguous` only for a chunk without padding (see Qwen2ForCausalLM)."""
+    return self.replace(keys=tuple(keys), values=tuple(values), lengths=self.lengths + chunk_valid.shape[1],
+                        valid=self.valid_after(chunk_valid))
 
 
 def write_chunk(buffer: jax.Array, chunk: jax.Array, lengths: jax.Array) -> jax.Array:

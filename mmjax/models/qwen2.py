@@ -28,6 +28,8 @@ from mmjax.nn.rope import apply_rope
 
 _HF_SIZE_KEYS = ('vocab_size', 'hidden_size', 'intermediate_size', 'num_hidden_layers', 'num_attention_heads')
 _INIT = nn.initializers.normal(0.02)  # HF Qwen2 initializer_range
+# Chunks of at most this many tokens over a contiguous cache attend by lengths (the decode kernel's Tq limit).
+MAX_LENGTHS_CHUNK = 8
 
 
 @dataclasses.dataclass(frozen=True)
@@ -113,12 +115,13 @@ class Qwen2Attention(nn.Module):
 
   @nn.compact
   def __call__(self, x: jax.Array, positions: jax.Array, mask: jax.Array | None,
-               kv: tuple[jax.Array, jax.Array] | None = None, lengths: jax.Array | None = None
-               ) -> tuple[jax.Array, tuple[jax.Array, jax.Array] | None]:
+               kv: tuple[jax.Array, jax.Array] | None = None, lengths: jax.Array | None = None,
+               kv_lengths: jax.Array | None = None) -> tuple[jax.Array, tuple[jax.Array, jax.Array] | None]:
     """Without kv: causal attention within x, AND mask (broadcastable to [B, 1, S, S]).
 
     With kv = (keys, values) [B, T, Hkv, D]: writes this chunk at slots lengths [B], attends over all T slots
-    with mask [B, 1, S, T] (which carries causality), and returns the updated (keys, values).
+    with mask [B, 1, S, T] (which carries causality), and returns the updated (keys, values). Instead of the
+    mask, kv_lengths [B] (= lengths + S over a contiguous cache) attends to slots [0, kv_lengths), causally.
     """
     cfg = self.config
     dense = functools.partial(DenseGeneral, dtype=self.dtype, param_dtype=self.param_dtype, kernel_init=_INIT)
@@ -136,7 +139,8 @@ class Qwen2Attention(nn.Module):
       new_kv = (k, v)
     k = nn.with_logical_constraint(k, ('batch', 'length', 'kv_heads', 'head_dim'))
     v = nn.with_logical_constraint(v, ('batch', 'length', 'kv_heads', 'head_dim'))
-    out = dot_product_attention(q, k, v, causal=kv is None, mask=mask, impl=self.attn_impl)
+    out = dot_product_attention(q, k, v, causal=kv is None or kv_lengths is not None, mask=mask,
+                                impl=self.attn_impl, kv_lengths=kv_lengths)
     out = nn.with_logical_constraint(out, ('batch', 'length', 'heads', 'head_dim'))
     out = dense(cfg.hidden_size, ('heads', 'head_dim', 'embed'), axis=(-2, -1), use_bias=False, name='o_proj')(out)
     return out, new_kv
@@ -151,13 +155,13 @@ class Qwen2DecoderLayer(nn.Module):
 
   @nn.compact
   def __call__(self, x: jax.Array, positions: jax.Array, mask: jax.Array | None,
-               kv: tuple[jax.Array, jax.Array] | None = None, lengths: jax.Array | None = None
-               ) -> tuple[jax.Array, tuple[jax.Array, jax.Array] | None]:
+               kv: tuple[jax.Array, jax.Array] | None = None, lengths: jax.Array | None = None,
+               kv_lengths: jax.Array | None = None) -> tuple[jax.Array, tuple[jax.Array, jax.Array] | None]:
     """Arguments as in `Qwen2Attention`; returns (x, updated (keys, values) or None)."""
     cfg = self.config
     norm = functools.partial(RMSNorm, eps=cfg.rms_norm_eps, dtype=self.dtype, param_dtype=self.param_dtype)
     h, new_kv = Qwen2Attention(cfg, self.attn_impl, self.dtype, self.param_dtype, name='self_attn')(
-        norm(name='input_layernorm')(x), positions, mask, kv, lengths)
+        norm(name='input_layernorm')(x), positions, mask, kv, lengths, kv_lengths)
     x = nn.with_logical_constraint(x + h, ('batch', 'length', 'embed'))
     h = SwiGLU(cfg.intermediate_size, dtype=self.dtype, param_dtype=self.param_dtype, kernel_init=_INIT,
                name='mlp')(norm(name='post_attention_layernorm')(x))
@@ -221,20 +225,25 @@ class Qwen2ForCausalLM(nn.Module):
       if positions is None:
         positions = jnp.maximum(jnp.cumsum(real.astype(jnp.int32), axis=1) - 1, 0)
     else:
-      mask = cache.attention_mask(real)
+      # A few unpadded tokens appended to a contiguous cache attend by lengths: on GPU/TPU the decode kernel.
+      by_lengths = cache.contiguous and attention_mask is None and length <= MAX_LENGTHS_CHUNK
+      mask = None if by_lengths else cache.attention_mask(real)
       if positions is None:
         positions = cache.positions(real)
+    kv_lengths = cache.lengths + length if cache is not None and mask is None else None
     keys, values = [], []
     for i, layer in enumerate(self.layers):
       kv = None if cache is None else (cache.keys[i], cache.values[i])
-      x, new_kv = layer(x, positions, mask, kv, None if cache is None else cache.lengths)
+      x, new_kv = layer(x, positions, mask, kv, None if cache is None else cache.lengths, kv_lengths)
       if new_kv is not None:
         keys.append(new_kv[0])
         values.append(new_kv[1])
     x = self.norm(x)
     logits = self.embed_tokens.attend(x) if self.config.tie_word_embeddings else self.lm_head(x)
     logits = nn.with_logical_constraint(logits.astype(jnp.float32), ('batch', 'length', 'vocab'))
-    return CausalLMOutput(logits=logits, cache=None if cache is None else cache.update(keys, values, real))
+    if cache is not None:
+      cache = cache.update(keys, values, real).replace(contiguous=cache.contiguous and attention_mask is None)
+    return CausalLMOutput(logits=logits, cache=cache)
 
   def _check_shapes(self, x: jax.Array, attention_mask: jax.Array | None, positions: jax.Array | None,
                     cache: KVCache | None) -> None:

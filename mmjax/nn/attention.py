@@ -26,6 +26,10 @@ class AttentionImpl(NamedTuple):
   fn: Callable[..., jax.Array]
   auto_backends: frozenset[str]
   refusal: Callable[..., str] | None = None
+  # Decoding over a contiguous cache (`kv_lengths`): decode(q, k, v, *, kv_lengths, scale) and the reason it
+  # declines a request (decode_refusal(q, k) -> str). Implementations without one get the lengths as a mask.
+  decode: Callable[..., jax.Array] | None = None
+  decode_refusal: Callable[..., str] | None = None
 
 
 def _visible(q_len: int, kv_len: int, *, causal: bool, mask: jax.Array | None, q_segment_ids: jax.Array | None,
@@ -129,9 +133,34 @@ def _check_inputs(q: jax.Array, k: jax.Array, v: jax.Array, mask: jax.Array | No
   return q_seg, kv_seg
 
 
+def lengths_mask(kv_lengths: jax.Array, q_len: int, kv_len: int) -> jax.Array:
+  """bool [B, 1, Sq, Sk]: query i of row b sits at kv_lengths[b] - Sq + i and sees keys j <= that position."""
+  last = kv_lengths[:, None] - q_len + jnp.arange(q_len)[None, :]
+  return (jnp.arange(kv_len)[None, None, :] <= last[:, :, None])[:, None]
+
+
+def _decode_impl(impl: str, q: jax.Array, k: jax.Array) -> str | None:
+  """The implementation whose `decode` serves a kv_lengths request, or None for the mask path."""
+  name = resolve_impl(impl)
+  if impl == 'auto':
+    backend = jax.default_backend()
+    for candidate, entry in ATTENTION_IMPLS.items():
+      if backend in entry.auto_backends and entry.decode and not entry.decode_refusal(q, k):
+        return candidate
+    return None
+  entry = ATTENTION_IMPLS[name]
+  if entry.decode is None:
+    return None
+  why = entry.decode_refusal(q, k)
+  if why:
+    raise ValueError(f'impl={impl!r} cannot serve this decode request: {why}')
+  return name
+
+
 def dot_product_attention(q: jax.Array, k: jax.Array, v: jax.Array, *, causal: bool = False,
                           mask: jax.Array | None = None, segment_ids: SegmentIds | None = None,
-                          scale: float | None = None, impl: str = 'auto') -> jax.Array:
+                          scale: float | None = None, impl: str = 'auto',
+                          kv_lengths: jax.Array | None = None) -> jax.Array:
   """softmax(q k^T * scale) v over the keys each query may see; returns [B, Sq, H, D] in q.dtype.
 
   Args:
@@ -145,6 +174,10 @@ def dot_product_attention(q: jax.Array, k: jax.Array, v: jax.Array, *, causal: b
     impl: 'auto' or a name in ATTENTION_IMPLS: 'xla', 'pallas' (flash kernel; interpret mode on CPU) or
       'cudnn' (GPU). 'auto' takes Pallas on GPU/TPU when it supports the request, else XLA. A forced
       implementation that can't serve the request exactly raises ValueError with the reason.
+    kv_lengths: int [B], decoding over a KV cache: row b's keys are slots [0, kv_lengths[b]) (later slots are
+      ignored) and the Sq queries are the last Sq of them, causal among themselves; needs causal=True. With
+      impl='pallas', or 'auto' on GPU/TPU, a few queries (Sq <= 8) and no other mask, this runs the split-K
+      `decode_attention` kernel; otherwise the lengths become a mask for the chosen implementation.
 
   Every given mask is combined with AND. Logits and softmax are float32. A query that sees no key gets zeros.
   """
@@ -153,6 +186,16 @@ def dot_product_attention(q: jax.Array, k: jax.Array, v: jax.Array, *, causal: b
   scale = q.shape[-1] ** -0.5 if scale is None else scale
   if mask is not None:
     mask = mask.reshape((1,) * (4 - mask.ndim) + mask.shape)
+  if kv_lengths is not None:
+    if not causal:
+      raise ValueError('kv_lengths means causal decoding over a cache: pass causal=True with it.')
+    if kv_lengths.shape != (q.shape[0],) or not jnp.issubdtype(kv_lengths.dtype, jnp.integer):
+      raise ValueError(f'kv_lengths must be int [B] = [{q.shape[0]}], got {kv_lengths.dtype} {kv_lengths.shape}.')
+    decoder = None if mask is not None or q_seg is not None else _decode_impl(impl, q, k)
+    if decoder is not None:
+      return ATTENTION_IMPLS[decoder].decode(q, k, v, kv_lengths=kv_lengths, scale=scale)
+    by_length = lengths_mask(kv_lengths, q.shape[1], k.shape[1])
+    mask, causal = (by_length if mask is None else mask & by_length), False
   name = resolve_impl(impl, dict(q=q, k=k, causal=causal, mask=mask, q_segment_ids=q_seg, kv_segment_ids=kv_seg))
   return ATTENTION_IMPLS[name].fn(q, k, v, causal=causal, mask=mask, q_segment_ids=q_seg, kv_segment_ids=kv_seg,
                                   scale=scale)
@@ -161,7 +204,8 @@ def dot_product_attention(q: jax.Array, k: jax.Array, v: jax.Array, *, causal: b
 def _register_fast_paths() -> None:
   from mmjax.nn import attention_backends as backends  # imports the Pallas kernels
   ATTENTION_IMPLS['pallas'] = AttentionImpl(backends.pallas_attention, frozenset({'gpu', 'tpu'}),
-                                            backends.pallas_refusal)
+                                            backends.pallas_refusal, backends.pallas_decode,
+                                            backends.pallas_decode_refusal)
   ATTENTION_IMPLS['cudnn'] = AttentionImpl(backends.cudnn_attention, frozenset(), backends.cudnn_refusal)
 
 

@@ -79,6 +79,25 @@ def pallas_attention(q, k, v, *, causal, mask, q_segment_ids, kv_segment_ids, sc
                        check_vma=False)(q, k, v, q_segment_ids, kv_segment_ids)
 
 
+def pallas_decode_refusal(q, k) -> str:
+  """Why the Pallas decode kernel can't serve a kv_lengths request ('' when it can)."""
+  ok, why = pallas_kernels.supports(q.shape, k.shape, q.dtype, kind='decode')
+  if ok and q.dtype != k.dtype:
+    return f'q and k/v dtypes differ ({q.dtype} vs {k.dtype})'
+  return '' if ok else why
+
+
+def pallas_decode(q, k, v, *, kv_lengths, scale):
+  """Split-K Pallas decode attention over a contiguous cache; per shard under a multi-device mesh."""
+  kernel = functools.partial(pallas_kernels.decode_attention, scale=scale)
+  specs = _mesh_specs(q.shape[0], q.shape[2], k.shape[2])
+  if specs is None:
+    return kernel(q, k, v, kv_lengths)
+  q_spec, kv_spec, _ = specs
+  return jax.shard_map(kernel, in_specs=(q_spec, kv_spec, kv_spec, P(q_spec[0])), out_specs=q_spec,
+                       check_vma=False)(q, k, v, kv_lengths)
+
+
 def cudnn_refusal(q, k, *, causal, mask, q_segment_ids, kv_segment_ids) -> str:
   """Why cuDNN fused attention can't serve this request exactly ('' when it can)."""
   if jax.default_backend() != 'gpu':

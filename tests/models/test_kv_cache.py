@@ -80,3 +80,36 @@ def test_padding_inside_a_decode_chunk_is_skipped(model):
   skipped = np.concatenate([tokens[:, :4], tokens[:, 5:6]], axis=1)
   np.testing.assert_allclose(out.logits[1, 0], full(params, skipped, np.ones_like(skipped, np.int32))[1, -1],
                              atol=1e-5)
+
+
+@pytest.mark.parametrize('attn_impl', ['xla', 'pallas'])
+def test_contiguous_cache_decodes_by_lengths_like_the_mask_path(model, attn_impl):
+  """A cache marked contiguous attends by lengths (the decode kernel with impl='pallas'); same logits."""
+  module, params, step, _ = model
+  lengths = np.array([5, 2])
+  tokens = np.random.default_rng(3).integers(0, 128, (2, 9))
+  prompt_mask = (np.arange(5)[None, :] < lengths[:, None]).astype(np.int32)  # right padding
+  out = step(params, tokens[:, :5], prompt_mask, init_cache(module.config, 2, 12))
+  # Forget the right padding, as mmjax.generate's prefill does: rows are then contiguous from slot 0.
+  slots = np.arange(12)[None, :]
+  masked = out.cache.replace(lengths=jnp.asarray(lengths, jnp.int32), valid=jnp.asarray(slots < lengths[:, None]))
+  fast = masked.replace(contiguous=True)
+  by_lengths = jax.jit(lambda p, ids, cache: module.clone(attn_impl=attn_impl).apply({'params': p}, ids, cache=cache))
+  for t in range(5, 9):
+    ids = tokens[:, t:t + 1]
+    ref = step(params, ids, None, masked)
+    got = by_lengths(params, ids, fast)
+    assert got.cache.contiguous
+    np.testing.assert_allclose(got.logits, ref.logits, atol=2e-5)
+    np.testing.assert_array_equal(got.cache.valid, ref.cache.valid)
+    masked, fast = ref.cache, got.cache
+  jaxpr = str(jax.make_jaxpr(lambda p, ids, c: module.clone(attn_impl=attn_impl).apply({'params': p}, ids, cache=c))(
+      params, tokens[:, :1], fast))
+  assert ('pallas_call' in jaxpr) == (attn_impl == 'pallas')
+
+
+def test_a_padded_chunk_clears_the_contiguous_promise(model):
+  module, params, step, _ = model
+  cache = init_cache(module.config, 2, 12).replace(contiguous=True)
+  out = step(params, np.ones((2, 3), np.int32), np.array([[1, 1, 1], [1, 1, 0]], np.int32), cache)
+  assert not out.cache.contiguous

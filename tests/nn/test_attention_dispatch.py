@@ -72,3 +72,52 @@ def test_auto_picks_pallas_on_accelerators_only_when_it_supports_the_request(mon
   big = jnp.zeros((1, 4, 2, 512))
   assert resolve_impl('auto', {**request, 'q': big, 'k': big}) == 'xla'  # head_dim above the kernel's limit
   assert attention.ATTENTION_IMPLS['cudnn'].auto_backends == frozenset()
+
+
+def _decode_qkv(lengths, sq=3, s_max=40):
+  q, k, v = _qkv(b=len(lengths), sq=sq, sk=s_max)
+  return q, k, v, jnp.asarray(lengths, jnp.int32)
+
+
+def _by_hand(q, k, v, lengths):
+  """Row by row: the last Sq of the first lengths[b] keys, causal among the queries."""
+  rows = []
+  for b, n in enumerate(np.asarray(lengths)):
+    rows.append(dot_product_attention(q[b:b + 1], k[b:b + 1, :n], v[b:b + 1, :n], causal=True, impl='xla'))
+  return jnp.concatenate(rows)
+
+
+def test_kv_lengths_attends_to_the_cached_prefix_only():
+  q, k, v, lengths = _decode_qkv([3, 17, 40])
+  expected = _by_hand(q, k, v, lengths)
+  got = dot_product_attention(q, k, v, causal=True, kv_lengths=lengths, impl='xla')
+  np.testing.assert_allclose(got, expected, atol=1e-5)
+
+
+def test_kv_lengths_with_pallas_runs_the_decode_kernel(monkeypatch):
+  q, k, v, lengths = _decode_qkv([1, 9, 40])
+  calls = []
+  kernel = attention.ATTENTION_IMPLS['pallas'].decode
+  monkeypatch.setitem(attention.ATTENTION_IMPLS, 'pallas', attention.ATTENTION_IMPLS['pallas']._replace(
+      decode=lambda *a, **kw: calls.append(1) or kernel(*a, **kw)))
+  got = dot_product_attention(q, k, v, causal=True, kv_lengths=lengths, impl='pallas')
+  assert calls, 'the Pallas decode kernel was not used'
+  expected = dot_product_attention(q, k, v, causal=True, kv_lengths=lengths, impl='xla')
+  # Row 0 has one key for three queries: its first two queries see nothing and must be zeros in both.
+  np.testing.assert_allclose(got, expected, atol=1e-5)
+  assert np.all(np.asarray(got[0, :2]) == 0)
+
+
+def test_kv_lengths_dispatch_and_refusals(monkeypatch):
+  q, k, v, lengths = _decode_qkv([4, 5])
+  with pytest.raises(ValueError, match='pass causal=True'):
+    dot_product_attention(q, k, v, kv_lengths=lengths)
+  with pytest.raises(ValueError, match='kv_lengths must be int'):
+    dot_product_attention(q, k, v, causal=True, kv_lengths=lengths[:1])
+  many = _qkv(b=2, sq=9, sk=40)[0]
+  with pytest.raises(ValueError, match="impl='pallas' cannot serve this decode request.*1..8"):
+    dot_product_attention(many, k, v, causal=True, kv_lengths=lengths + 9, impl='pallas')
+  assert attention._decode_impl('auto', q, k) is None  # CPU: the lengths become a mask for XLA
+  monkeypatch.setattr(jax, 'default_backend', lambda: 'gpu')
+  assert attention._decode_impl('auto', q, k) == 'pallas'
+  assert attention._decode_impl('auto', many, k) is None

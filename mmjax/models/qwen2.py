@@ -198,7 +198,7 @@ class Qwen2ForCausalLM(nn.Module):
 
   def __call__(self, input_ids: jax.Array | None = None, *, inputs_embeds: jax.Array | None = None,
                attention_mask: jax.Array | None = None, positions: jax.Array | None = None,
-               cache: KVCache | None = None) -> CausalLMOutput:
+               cache: KVCache | None = None, logits_at: jax.Array | None = None) -> CausalLMOutput:
     """Runs the decoder on one chunk of S tokens per row.
 
     Args:
@@ -210,9 +210,12 @@ class Qwen2ForCausalLM(nn.Module):
       cache: a KVCache from `mmjax.models.kv_cache.init_cache`. The chunk is appended at each row's `lengths`
         and attends to every valid cached slot before it (see kv_cache.py). Without it, attention is causal
         within the chunk.
+      logits_at: int [B, K] chunk indices whose logits to compute (e.g. each prompt's last token in a prefill,
+        which skips the [B, S, V] unembedding); default all S.
 
     Returns:
-      CausalLMOutput(logits float32 [B, S, V], cache: the updated KVCache, or None without a cache).
+      CausalLMOutput(logits float32 [B, S, V] (or [B, K, V] with logits_at), cache: the updated KVCache, or
+      None without a cache).
     """
     if (input_ids is None) == (inputs_embeds is None):
       raise ValueError('Pass exactly one of input_ids and inputs_embeds.')
@@ -238,6 +241,8 @@ class Qwen2ForCausalLM(nn.Module):
       if new_kv is not None:
         keys.append(new_kv[0])
         values.append(new_kv[1])
+    if logits_at is not None:
+      x = jnp.take_along_axis(x, logits_at[:, :, None].astype(jnp.int32), axis=1)
     x = self.norm(x)
     logits = self.embed_tokens.attend(x) if self.config.tie_word_embeddings else self.lm_head(x)
     logits = nn.with_logical_constraint(logits.astype(jnp.float32), ('batch', 'length', 'vocab'))

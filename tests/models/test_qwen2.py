@@ -53,6 +53,15 @@ def test_inputs_embeds_and_embed_method(qwen2):
   np.testing.assert_allclose(from_embeds(params, embeds), run(params, ids, None), atol=1e-6)
 
 
+def test_logits_at_selects_positions(qwen2):
+  _, module, params, run = qwen2
+  ids = jnp.asarray(np.random.default_rng(4).integers(0, 128, (2, 7)))
+  at = jnp.asarray([[6], [2]])
+  picked = module.apply({'params': params}, ids, logits_at=at).logits
+  assert picked.shape == (2, 1, 128)
+  np.testing.assert_allclose(picked, jnp.take_along_axis(run(params, ids, None), at[:, :, None], axis=1), atol=1e-6)
+
+
 def test_remat_gives_the_same_logits(qwen2):
   _, module, params, run = qwen2
   ids = jnp.asarray(np.random.default_rng(3).integers(0, 128, (2, 5)))

@@ -3,7 +3,8 @@ from mmjax.generate.adapters import DecoderAdapter, Qwen2Adapter, as_adapter
 from mmjax.generate.beam_search import Hypothesis, beam_search
 from mmjax.generate.compiles import compile_counts
 from mmjax.generate.generate import Completion, generate, stream
+from mmjax.generate.llava import LlavaOnevisionAdapter
 from mmjax.generate.score import score
 
-__all__ = ['Completion', 'DecoderAdapter', 'Hypothesis', 'Qwen2Adapter', 'as_adapter', 'beam_search', 'compile_counts',
-           'generate', 'score', 'stream']
+__all__ = ['Completion', 'DecoderAdapter', 'Hypothesis', 'LlavaOnevisionAdapter', 'Qwen2Adapter', 'as_adapter',
+           'beam_search', 'compile_counts', 'generate', 'score', 'stream']

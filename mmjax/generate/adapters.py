@@ -9,6 +9,10 @@ Cache contract: a cache is a pytree whose leaves all have the batch as their lea
 for samples and gathers rows for beams), and after `prefill` row b holds exactly its lengths[b] prompt tokens,
 contiguous from slot 0, so that each later token is appended at slot lengths[b] and a decode-attention kernel that
 only knows per-row lengths sees exactly the real tokens.
+
+An adapter may also define `prepare_inputs(sequences, model_inputs) -> model_inputs`: the engine calls it with the
+fitted token sequences (numpy) and the caller's model inputs before anything is traced, so the adapter can check
+them against the prompts (e.g. placeholder counts, which a traced batch cannot check) and make layout inputs static.
 """
 import dataclasses
 from typing import Any, Protocol, runtime_checkable
@@ -18,6 +22,7 @@ import jax
 import jax.numpy as jnp
 
 from mmjax.models.kv_cache import KVCache, init_cache
+from mmjax.models.llava_onevision import LlavaOnevisionForConditionalGeneration
 from mmjax.models.qwen2 import Qwen2ForCausalLM
 
 
@@ -41,8 +46,9 @@ class DecoderAdapter(Protocol):
     """Runs right-padded prompts tokens int32 [B, P] with lengths int32 [B] (>= 1) into an empty cache.
 
     Returns (float32 logits [B, V] after each row's last real token, the cache holding rows contiguously).
-    model_inputs: the model's extra inputs for the real prompts, as the caller passed them (arrays traced, other
-    values static). Rows that only pad the batch hold one token 0 and no image or video placeholder.
+    model_inputs: the model's extra inputs for the real prompts, as the caller passed them or as `prepare_inputs`
+    returned them (arrays traced, other values static). Rows that only pad the batch follow the real prompts and
+    hold one token 0 and no image or video placeholder.
     """
 
   def decode(self, params: Any, tokens: jax.Array, cache: Any) -> tuple[jax.Array, Any]:
@@ -83,12 +89,15 @@ class Qwen2Adapter:
                ) -> tuple[jax.Array, KVCache]:
     width = next(iter(inputs.values())).shape[1]
     mask = jnp.arange(width)[None, :] < lengths[:, None]
-    out = self.module.apply({'params': params}, **inputs, attention_mask=mask, cache=cache)
-    last = jnp.take_along_axis(out.logits, (lengths - 1)[:, None, None], axis=1)[:, 0]
+    # Only each row's last real token needs logits: skipping the [B, P, V] unembedding halves a CPU prefill.
+    out = self.module.apply({'params': params}, **inputs, attention_mask=mask, cache=cache,
+                            logits_at=(lengths - 1)[:, None])
     # The right padding was written after each prompt; forgetting it leaves every row contiguous from slot 0, and
-    # the next token overwrites the first padding slot. Positions count valid slots, so they stay HF's.
+    # the next token overwrites the first padding slot. Positions count valid slots, so they stay HF's. Decode steps
+    # then attend by lengths alone (the decode kernel on GPU/TPU).
     slots = jnp.arange(out.cache.max_len)[None, :]
-    return last, out.cache.replace(lengths=lengths.astype(jnp.int32), valid=slots < lengths[:, None])
+    return out.logits[:, 0], out.cache.replace(lengths=lengths.astype(jnp.int32), valid=slots < lengths[:, None],
+                                               contiguous=True)
 
   def decode(self, params: Any, tokens: jax.Array, cache: KVCache) -> tuple[jax.Array, KVCache]:
     out = self.module.apply({'params': params}, tokens[:, None], cache=cache)
@@ -110,7 +119,10 @@ def as_adapter(model: nn.Module | DecoderAdapter) -> DecoderAdapter:
   """The adapter for a supported flax module; a `DecoderAdapter` is returned unchanged."""
   if isinstance(model, Qwen2ForCausalLM):
     return Qwen2Adapter(model)
+  if isinstance(model, LlavaOnevisionForConditionalGeneration):
+    from mmjax.generate.llava import LlavaOnevisionAdapter  # llava.py imports this module
+    return LlavaOnevisionAdapter(model)
   if isinstance(model, DecoderAdapter):
     return model
-  raise TypeError(f'No generation adapter for {type(model).__name__}: pass a Qwen2ForCausalLM or an object '
-                  'implementing mmjax.generate.DecoderAdapter.')
+  raise TypeError(f'No generation adapter for {type(model).__name__}: pass a Qwen2ForCausalLM, a '
+                  'LlavaOnevisionForConditionalGeneration or an object implementing mmjax.generate.DecoderAdapter.')

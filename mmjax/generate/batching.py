@@ -83,6 +83,14 @@ def pack_prompts(prompts: Sequence[np.ndarray]) -> PromptBatch:
   return PromptBatch(tokens, lengths, len(prompts))
 
 
+def prepare_model_inputs(adapter: Any, sequences: Sequence[np.ndarray], model_inputs: dict[str, Any]
+                         ) -> dict[str, Any]:
+  """The adapter's `prepare_inputs(sequences, model_inputs)` when it defines one (it checks the inputs against the
+  fitted token sequences, in batch order, before anything is traced), else model_inputs unchanged."""
+  prepare = getattr(adapter, 'prepare_inputs', None)
+  return dict(model_inputs) if prepare is None else prepare(list(sequences), dict(model_inputs))
+
+
 def split_model_inputs(model_inputs: dict[str, Any]) -> tuple[dict[str, Any], tuple[tuple[str, Any], ...]]:
   """(arrays, static): array inputs are traced; other inputs (e.g. image sizes as int tuples) are static, so they
   must be hashable, and each new value compiles anew.

@@ -20,7 +20,7 @@ import numpy as np
 
 from mmjax.generate import decode_loop as loop
 from mmjax.generate.adapters import DecoderAdapter, as_adapter
-from mmjax.generate.batching import bucket, fit_prompts, pack_prompts, split_model_inputs
+from mmjax.generate.batching import bucket, fit_prompts, pack_prompts, prepare_model_inputs, split_model_inputs
 from mmjax.generate.compiles import record
 from mmjax.generate.generate import TokenIds, stop_rules
 
@@ -79,6 +79,7 @@ def beam_search(model: nn.Module | DecoderAdapter, params: Any, prompts: Sequenc
   if candidates > num_beams * adapter.vocab_size:
     raise ValueError(f'{num_beams} beams need {candidates} candidates per step, more than the '
                      f'{num_beams * adapter.vocab_size} that the vocabulary offers.')
+  model_inputs = prepare_model_inputs(adapter, fitted, model_inputs)
   if max_new_tokens == 0:
     return [[Hypothesis([], 0.0)] for _ in fitted]
   batch = pack_prompts(fitted)

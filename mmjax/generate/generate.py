@@ -10,7 +10,7 @@ import numpy as np
 
 from mmjax.generate import decode_loop as loop
 from mmjax.generate.adapters import DecoderAdapter, as_adapter
-from mmjax.generate.batching import bucket, fit_prompts, pack_prompts, split_model_inputs
+from mmjax.generate.batching import bucket, fit_prompts, pack_prompts, prepare_model_inputs, split_model_inputs
 from mmjax.generate.sampling import Filters, SamplingValues, sampling_setup
 
 TokenIds = Sequence[int]
@@ -93,6 +93,7 @@ def stream(model: nn.Module | DecoderAdapter, params: Any, prompts: Sequence[Tok
   fitted = fit_prompts(prompts, vocab_size=adapter.vocab_size, max_context=adapter.max_context,
                        reserve=max_new_tokens, truncate=truncate)
   rules = stop_rules(max_new_tokens, eos_token_id, stop_sequences, adapter.vocab_size)
+  model_inputs = prepare_model_inputs(adapter, fitted, model_inputs)
   if max_new_tokens == 0:
     return iter([[[Completion([], np.zeros(0, np.float32), 'length')] * num_samples for _ in fitted]])
   return _decode(adapter, params, fitted, filters, values, rules, num_samples, seed, chunk, model_inputs)

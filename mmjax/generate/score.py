@@ -9,7 +9,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from mmjax.generate.adapters import DecoderAdapter, as_adapter
-from mmjax.generate.batching import fit_prompts, pack_prompts, split_model_inputs
+from mmjax.generate.batching import fit_prompts, pack_prompts, prepare_model_inputs, split_model_inputs
 from mmjax.generate.compiles import record
 from mmjax.generate.generate import TokenIds
 
@@ -38,7 +38,9 @@ def score(model: nn.Module | DecoderAdapter, params: Any, prompts: Sequence[Toke
     (head,) = fit_prompts([prompt], vocab_size=adapter.vocab_size, max_context=adapter.max_context,
                           reserve=tail.size, truncate=truncate)
     fitted.append((head, tail.astype(np.int32)))
-  batch = pack_prompts([np.concatenate([head, tail]) for head, tail in fitted])
+  sequences = [np.concatenate([head, tail]) for head, tail in fitted]
+  model_inputs = prepare_model_inputs(adapter, sequences, model_inputs)
+  batch = pack_prompts(sequences)
   starts = np.zeros(len(batch.lengths), np.int32)
   starts[:len(fitted)] = [len(head) for head, _ in fitted]
   array_inputs, static_inputs = split_model_inputs(model_inputs)

@@ -1,0 +1,140 @@
+"""`DecoderAdapter` for `LlavaOnevisionForConditionalGeneration`: prefill image and video embeddings, decode text.
+
+    inputs = processor(text=prompts, images=images)
+    ids = [row[mask.astype(bool)].tolist() for row, mask in zip(inputs['input_ids'], inputs['attention_mask'])]
+    generate(module, params, ids, max_new_tokens=64, pixel_values=inputs['pixel_values'],
+             image_sizes=inputs['image_sizes'], batch_num_images=inputs['batch_num_images'])
+
+Model inputs rule: the image and video inputs are those of the prompts taken together, exactly as
+`LlavaOnevisionProcessor` returns them for the whole list: pixel_values [N, crops, H, W, 3] holds the images of all
+prompts in prompt order (the images of prompt 0 first), image_sizes [N, 2] their (height, width), batch_num_images
+[len(prompts)] (optional) the images of each prompt, pixel_values_videos [V, F, H, W, 3] the videos in prompt order.
+The engine keeps the prompts in their order in one prefill batch and pads it only with rows after the last prompt
+that hold no placeholder, so the k-th placeholder of the batch takes the k-th image's features (`merge_features`).
+`prepare_inputs` checks before anything is traced that every prompt's placeholders are exactly the tokens of whole
+images (and, with batch_num_images, of its own images), so a prompt cut by truncate='left' through an image, a
+missing or extra image, or images out of order raise ValueError instead of decoding from misplaced features.
+image_sizes and batch_num_images become static tuples: each distinct set of sizes compiles once.
+"""
+import dataclasses
+from collections.abc import Sequence
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from mmjax.generate.adapters import Qwen2Adapter
+from mmjax.models import anyres
+from mmjax.models.kv_cache import KVCache
+from mmjax.models.llava_onevision import LlavaOnevisionForConditionalGeneration
+from mmjax.models.qwen2 import Qwen2ForCausalLM
+
+MODEL_INPUTS = ('pixel_values', 'image_sizes', 'batch_num_images', 'pixel_values_videos')
+PAD_TOKEN = 0  # the engine's padding token (batching.pack_prompts)
+
+
+@dataclasses.dataclass(frozen=True)
+class LlavaOnevisionAdapter:
+  """Prefills `embed`'s merged embeddings into the Qwen2 language model (params['language_model']), whose text
+  decode continues. Model inputs: pixel_values, image_sizes, batch_num_images, pixel_values_videos as in the module
+  docstring (all optional; text-only prompts need none)."""
+  module: LlavaOnevisionForConditionalGeneration
+
+  @property
+  def text(self) -> Qwen2Adapter:
+    """The language model's adapter (the module the LLaVA module nests as `language_model`)."""
+    m = self.module
+    return Qwen2Adapter(Qwen2ForCausalLM(m.config.text_config, dtype=m.dtype, param_dtype=m.param_dtype,
+                                         remat=m.remat, attn_impl=m.attn_impl))
+
+  @property
+  def vocab_size(self) -> int:
+    return self.text.vocab_size
+
+  @property
+  def max_context(self) -> int:
+    return self.text.max_context
+
+  def init_cache(self, batch: int, max_len: int) -> KVCache:
+    return self.text.init_cache(batch, max_len)
+
+  def prepare_inputs(self, sequences: Sequence[np.ndarray], model_inputs: dict[str, Any]) -> dict[str, Any]:
+    """Checks the model inputs against the placeholders of the fitted token sequences (prompts, or prompts plus
+    continuations for `score`), in order; returns them with image_sizes and batch_num_images as static tuples."""
+    unknown = sorted(set(model_inputs) - set(MODEL_INPUTS))
+    if unknown:
+      raise ValueError(f'LLaVA-OneVision takes the model inputs {list(MODEL_INPUTS)}, got unknown {unknown}.')
+    inputs = {k: v for k, v in model_inputs.items() if v is not None}
+    cfg = self.module.config
+    images, videos = inputs.get('pixel_values'), inputs.get('pixel_values_videos')
+    if images is None and ('image_sizes' in inputs or 'batch_num_images' in inputs):
+      raise ValueError('image_sizes and batch_num_images describe pixel_values, which is missing.')
+    image_tokens, video_tokens = [], []
+    if images is not None:
+      if 'image_sizes' not in inputs:
+        raise ValueError('pixel_values needs image_sizes [images, 2] (height, width), as the processor returns.')
+      sizes = tuple(tuple(int(x) for x in s) for s in np.asarray(inputs['image_sizes']).tolist())
+      if np.ndim(images) != 5 or any(len(s) != 2 for s in sizes) or len(sizes) != np.shape(images)[0]:
+        raise ValueError(f'pixel_values [images, crops, H, W, 3] and image_sizes [images, 2] must describe the '
+                         f'same images, got shapes {np.shape(images)} and {np.shape(inputs["image_sizes"])}.')
+      inputs['image_sizes'] = sizes
+      single = [False] * len(sizes)
+      if 'batch_num_images' in inputs:
+        per_prompt = tuple(int(n) for n in np.asarray(inputs['batch_num_images']).reshape(-1))
+        if len(per_prompt) != len(sequences) or sum(per_prompt) != len(sizes):
+          raise ValueError(f'batch_num_images {list(per_prompt)} must give the images of each of the '
+                           f'{len(sequences)} prompts and sum to the {len(sizes)} images of pixel_values.')
+        inputs['batch_num_images'] = per_prompt
+        single = [n > 1 for n in per_prompt for _ in range(n)]
+      image_tokens = [anyres.single_crop_tokens(cfg.side) if one else cfg.image_layout(size).num_tokens
+                      for one, size in zip(single, sizes)]
+    if videos is not None:
+      if np.ndim(videos) != 5:
+        raise ValueError(f'pixel_values_videos must be [videos, frames, H, W, 3], got {np.shape(videos)}.')
+      video_tokens = [anyres.video_tokens(np.shape(videos)[1], cfg.side)] * np.shape(videos)[0]
+    for kind, token, tokens in (('image', cfg.image_token_index, image_tokens),
+                                ('video', cfg.video_token_index, video_tokens)):
+      if token == PAD_TOKEN and tokens:
+        raise ValueError(f'the {kind} token id is {PAD_TOKEN}, the engine\'s padding token; padding would take '
+                         f'{kind} features.')
+      _check_placeholders(kind, [int(np.sum(s == token)) for s in sequences], tokens,
+                          inputs.get('batch_num_images') if kind == 'image' else None)
+    return inputs
+
+  def prefill(self, params: Any, tokens: jax.Array, lengths: jax.Array, cache: KVCache, **model_inputs: Any
+              ) -> tuple[jax.Array, KVCache]:
+    embeds = self.module.apply({'params': params}, tokens, **model_inputs, method='embed')
+    return self.text.prefill_embeds(params['language_model'], embeds, lengths, cache)
+
+  def decode(self, params: Any, tokens: jax.Array, cache: KVCache) -> tuple[jax.Array, KVCache]:
+    return self.text.decode(params['language_model'], tokens, cache)
+
+  def logits(self, params: Any, tokens: jax.Array, lengths: jax.Array, **model_inputs: Any) -> jax.Array:
+    mask = jnp.arange(tokens.shape[1])[None, :] < lengths[:, None]
+    return self.module.apply({'params': params}, tokens, attention_mask=mask, **model_inputs).logits
+
+
+def _check_placeholders(kind: str, found: list[int], tokens: list[int], per_prompt: tuple[int, ...] | None
+                        ) -> None:
+  """ValueError unless the placeholders found per sequence are the tokens of whole items (images or videos) in
+  order: sequence i takes items per_prompt[i] when given, else the next items whose tokens its count covers."""
+  hint = (f'Pass the {kind}s of all prompts in prompt order, each prompt with the placeholders the processor '
+          'expanded, and do not cut prompts through them (truncate="left").')
+  if sum(found) != sum(tokens):
+    raise ValueError(f'the prompts hold {sum(found)} {kind} tokens ({found} per prompt), the {len(tokens)} '
+                     f'{kind}s give {sum(tokens)} features. {hint}')
+  ends = np.cumsum([0] + tokens)
+  if per_prompt is not None:
+    bounds = np.cumsum([0] + list(per_prompt))
+    want = [int(ends[b] - ends[a]) for a, b in zip(bounds[:-1], bounds[1:])]
+    bad = [i for i, (f, w) in enumerate(zip(found, want)) if f != w]
+    if bad:
+      raise ValueError(f'prompt {bad[0]} holds {found[bad[0]]} {kind} tokens, its {per_prompt[bad[0]]} {kind}s '
+                       f'(batch_num_images) give {want[bad[0]]}. {hint}')
+    return
+  boundaries = set(ends.tolist())
+  for i, end in enumerate(np.cumsum(found).tolist()):
+    if end not in boundaries:
+      raise ValueError(f'prompt {i} ends inside the tokens of a {kind}: the {kind}s do not follow their prompts. '
+                       f'{hint}')

@@ -9,7 +9,8 @@ checkpoints under WORKDIR/checkpoints; the latest step's EMA parameters if prese
 architecture, tokenizer and EOS ids come from the HF directory --base.
 
 Batch input lines: {"prompt": str} or {"prompt_ids": [int, ...]}, optionally "images": [paths] (multimodal models
-only). Each output line is one completion: the input record plus "sample", "text", "tokens", "logprobs" and
+only, with "prompt" text holding one <image> placeholder per image; relative paths are relative to the input file's
+folder). Each output line is one completion: the input record plus "sample", "text", "tokens", "logprobs" and
 "finish_reason" (see `mmjax.generate.Completion`).
 
 Chat mode reads one user message per stdin line and streams the reply token by token to stdout, ending it with a
@@ -33,6 +34,7 @@ from absl import logging
 from flax.traverse_util import flatten_dict
 
 from mmjax.generate import as_adapter, compile_counts, generate, stream
+from mmjax.models.llava_onevision import LlavaOnevisionForConditionalGeneration, LlavaOnevisionProcessor
 from mmjax.weights import from_pretrained
 from mmjax.weights.registry import spec_for_model_type
 
@@ -65,6 +67,7 @@ class LoadedModel:
   tokenizer: Any
   eos_token_id: tuple[int, ...]
   source: str
+  processor: Any = None  # LlavaOnevisionProcessor of a LLaVA-OneVision checkpoint: expands <image> placeholders
 
   def encode(self, text: str) -> list[int]:
     if self.tokenizer is None:
@@ -79,17 +82,28 @@ def load_model(checkpoint: str | os.PathLike, base: str | os.PathLike | None = N
                ) -> LoadedModel:
   """Loads an HF directory, or an mmjax trainer workdir with the HF directory `base` (see the module docstring)."""
   checkpoint = Path(checkpoint)
-  hf_dir = checkpoint if (checkpoint / 'config.json').is_file() else base
-  if hf_dir is None:
-    raise ValueError(f'{checkpoint} has no config.json, so it is not an HF directory; for an mmjax trainer workdir '
-                     'pass --base HF_DIR for the architecture and the tokenizer.')
-  hf_dir = Path(hf_dir)
+  hf_dir = hf_directory(checkpoint, base)
   if hf_dir == checkpoint:
     module, params, _ = from_pretrained(hf_dir, jnp.dtype(dtype))
   else:
     module, params = _from_workdir(checkpoint, hf_dir, jnp.dtype(dtype))
   as_adapter(module)  # fails now, naming the module, if the engine cannot decode it
-  return LoadedModel(module, params, _tokenizer(hf_dir), _eos_ids(hf_dir), str(checkpoint))
+  processor = None
+  if isinstance(module, LlavaOnevisionForConditionalGeneration) and (hf_dir / 'preprocessor_config.json').is_file():
+    processor = LlavaOnevisionProcessor.from_pretrained(hf_dir)
+  return LoadedModel(module, params, _tokenizer(hf_dir), _eos_ids(hf_dir), str(checkpoint), processor)
+
+
+def hf_directory(checkpoint: str | os.PathLike, base: str | os.PathLike | None = None) -> Path:
+  """The HF directory holding the architecture and tokenizer: `checkpoint` itself when it has a config.json, else
+  `base` (an mmjax trainer workdir's); ValueError when neither does."""
+  checkpoint = Path(checkpoint)
+  if (checkpoint / 'config.json').is_file():
+    return checkpoint
+  if base is None:
+    raise ValueError(f'{checkpoint} has no config.json, so it is not an HF directory; for an mmjax trainer workdir '
+                     'pass --base HF_DIR for the architecture and the tokenizer.')
+  return Path(base)
 
 
 def _from_workdir(workdir: Path, hf_dir: Path, dtype: jnp.dtype) -> tuple[Any, Any]:
@@ -144,9 +158,10 @@ def run_batch(model: LoadedModel, input_path: str | os.PathLike, output_path: st
   with open(output_path, 'w') as out:
     for begin in range(0, len(records), settings.batch_size):
       chunk = records[begin:begin + settings.batch_size]
-      results = generate(model.module, model.params, [ids for _, ids in chunk], eos_token_id=eos or None,
-                         **settings.generate_kwargs())
-      for (record, _), completions in zip(chunk, results):
+      prompts, model_inputs = _chunk_inputs(model, chunk)
+      results = generate(model.module, model.params, prompts, eos_token_id=eos or None,
+                         **settings.generate_kwargs(), **model_inputs)
+      for (record, *_), completions in zip(chunk, results):
         for sample, c in enumerate(completions):
           out.write(json.dumps({**record, 'sample': sample, 'text': model.decode(c.tokens), 'tokens': c.tokens,
                                 'logprobs': [round(float(x), 6) for x in c.logprobs],
@@ -156,8 +171,27 @@ def run_batch(model: LoadedModel, input_path: str | os.PathLike, output_path: st
   return len(records)
 
 
-def _read_records(path: Path, model: LoadedModel) -> Iterator[tuple[dict[str, Any], list[int]]]:
-  """(record, prompt token ids) per line; ValueError naming the file and line for bad input."""
+def _chunk_inputs(model: LoadedModel, chunk: list[tuple[dict[str, Any], list[int] | None, list[str] | None]]
+                  ) -> tuple[list[list[int]], dict[str, Any]]:
+  """(prompt ids, model inputs) of a chunk of `_read_records` items: the records with images go through the
+  processor together, so its image inputs hold their images in prompt order (`mmjax.generate.llava`'s rule)."""
+  prompts = [ids for _, ids, _ in chunk]
+  with_images = [i for i, (_, _, images) in enumerate(chunk) if images]
+  if not with_images:
+    return prompts, {}
+  inputs = model.processor([chunk[i][0]['prompt'] for i in with_images], images=[chunk[i][2] for i in with_images])
+  per_prompt = [0] * len(chunk)
+  for i, ids, mask, count in zip(with_images, inputs['input_ids'], inputs['attention_mask'],
+                                 inputs['batch_num_images']):
+    prompts[i], per_prompt[i] = ids[mask.astype(bool)].tolist(), int(count)
+  return prompts, dict(pixel_values=inputs['pixel_values'], image_sizes=inputs['image_sizes'],
+                       batch_num_images=per_prompt)
+
+
+def _read_records(path: Path, model: LoadedModel
+                  ) -> Iterator[tuple[dict[str, Any], list[int] | None, list[str] | None]]:
+  """(record, prompt token ids, None) per line, or (record, None, image paths) for a record with images, which
+  `_chunk_inputs` tokenizes; ValueError naming the file and line for bad input."""
   with open(path) as f:
     for number, line in enumerate(f, 1):
       if not line.strip():
@@ -170,13 +204,29 @@ def _read_records(path: Path, model: LoadedModel) -> Iterator[tuple[dict[str, An
       if not isinstance(record, dict) or ('prompt' in record) == ('prompt_ids' in record):
         raise ValueError(f'{where}: a record needs exactly one of "prompt" (text) and "prompt_ids" (token ids).')
       if record.get('images'):
-        raise ValueError(f'{where}: the record has images, but {model.source} holds a text-only '
-                         f'{type(model.module).__name__}; images need a multimodal model such as LLaVA-OneVision '
-                         'and its mmjax.generate adapter.')
+        yield record, None, _image_paths(record, model, path, where)
+        continue
       ids = record['prompt_ids'] if 'prompt_ids' in record else model.encode(record['prompt'])
       if not isinstance(ids, list) or not all(isinstance(t, int) for t in ids):
         raise ValueError(f'{where}: "prompt_ids" must be a list of ints.')
-      yield record, ids
+      yield record, ids, None
+
+
+def _image_paths(record: dict[str, Any], model: LoadedModel, path: Path, where: str) -> list[str]:
+  """The checked image paths of a record with images, relative ones resolved against the input file's folder."""
+  if not isinstance(model.module, LlavaOnevisionForConditionalGeneration):
+    raise ValueError(f'{where}: the record has images, but {model.source} holds a text-only '
+                     f'{type(model.module).__name__}; images need a multimodal model such as LLaVA-OneVision.')
+  if model.processor is None:
+    raise ValueError(f'{where}: the record has images, but {model.source} has no preprocessor_config.json for '
+                     'its image processor.')
+  images = record['images']
+  if 'prompt' not in record or not isinstance(images, list) or not all(isinstance(p, str) for p in images):
+    raise ValueError(f'{where}: a record with images needs "prompt" text and "images" as a list of paths.')
+  if record['prompt'].count('<image>') != len(images):
+    raise ValueError(f'{where}: the prompt holds {record["prompt"].count("<image>")} <image> placeholders for '
+                     f'{len(images)} images; each image needs one.')
+  return [str(path.parent / p) for p in images]
 
 
 def run_chat(model: LoadedModel, settings: Settings, stdin: TextIO = sys.stdin, stdout: TextIO = sys.stdout

@@ -155,3 +155,26 @@ def test_launch_py_generate_mode_runs_the_batch_cli(checkpoint, tmp_path):
   launched = (tmp_path / 'launch.jsonl').read_text()
   assert launched == (tmp_path / 'direct.jsonl').read_text()
   assert len(launched.splitlines()) == 2
+
+
+def test_batch_mode_with_images_on_llava_onevision(tmp_path):
+  """Records with one and two images (relative paths) and one without, split over two generate calls: each gets
+  the tokens of one call over all records (the processor's images in prompt order)."""
+  from tests.generate.test_llava import ONE, TEXT_ONLY, TWO, _ids, _images, save_tiny_llava
+  from tests.models.test_llava_processor import _image
+  save_tiny_llava(tmp_path / 'llava')
+  for i, size in enumerate([(40, 90), (30, 50), (64, 32)]):
+    _image(*size, i).save(tmp_path / f'{i}.png')
+  records = [{'prompt': ONE, 'images': ['0.png']}, {'prompt': TEXT_ONLY},
+             {'prompt': TWO, 'images': ['1.png', str(tmp_path / '2.png')]}]
+  source = _write_jsonl(tmp_path / 'in.jsonl', records)
+  assert cli_generate.main(['--checkpoint', str(tmp_path / 'llava'), '--input', str(source), '--output',
+                            str(tmp_path / 'out.jsonl'), '--max_new_tokens', '8', '--batch_size', '2']) == 0
+  lines = [json.loads(line) for line in (tmp_path / 'out.jsonl').read_text().splitlines()]
+  model = cli_generate.load_model(tmp_path / 'llava')
+  inputs = model.processor([r['prompt'] for r in records], [[str(tmp_path / p) for p in r.get('images', [])]
+                                                            for r in records])
+  expected = generate(model.module, model.params, _ids(inputs), max_new_tokens=8, **_images(inputs))
+  assert [line['images'] for line in lines if 'images' in line] == [['0.png'], ['1.png', str(tmp_path / '2.png')]]
+  assert [line['tokens'] for line in lines] == [completion.tokens for (completion,) in expected]
+  assert len({tuple(line['tokens']) for line in lines}) == 3

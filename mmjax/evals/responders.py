@@ -1,0 +1,188 @@
+"""Responders that answer with an mmjax model through `mmjax.generate` (greedy unless told otherwise).
+
+`ChatResponder`: a text-only Qwen2 checkpoint (e.g. Qwen2-7B-Instruct for CoverBench). A prompt becomes the user
+turn of the ChatML template (system message first), `Prompt.assistant_prefix` the start of the assistant turn.
+`LlavaOnevisionResponder`: a LLaVA-OneVision checkpoint (MMIU). A prompt becomes one user turn with an `<image>`
+placeholder per image, all images first, then the text; `LlavaOnevisionProcessor` expands the placeholders (one
+crop per image when a prompt has several, AnyRes for a single image) and preprocesses the PIL images.
+
+Both load what `mmjax.cli_generate.load_model` loads: an HF directory, or an mmjax trainer workdir whose
+architecture and tokenizer come from the HF directory `base`. A continuation ends at the checkpoint's EOS ids
+(generation_config.json, else config.json) or at `<|im_end|>`, the end of a ChatML turn.
+`max_context_tokens` is the model's window (or the smaller `context_tokens`) less `max_new_tokens`, so that a
+benchmark fits each prompt before asking (CoverBench cuts its context from the left; MMIU drops images).
+"""
+from __future__ import annotations
+
+import os
+from typing import Any, Sequence
+
+import numpy as np
+from absl import logging
+
+from mmjax.cli_generate import LoadedModel, hf_directory, load_model
+from mmjax.data.chat_masking import DEFAULT_SYSTEM_MESSAGE, render_chatml
+from mmjax.evals.prompt import Prompt
+from mmjax.generate import as_adapter, generate
+
+CHAT_END = '<|im_end|>'
+
+
+def _load(checkpoint: str, base: str | None, dtype: str) -> LoadedModel:
+  if not checkpoint:
+    raise ValueError('no checkpoint: set --config.checkpoint to an HF directory (config.json, safetensors, '
+                     'tokenizer.json) or an mmjax trainer workdir (with --config.base=HF_DIR)')
+  if not os.path.isdir(checkpoint):
+    raise FileNotFoundError(f'checkpoint {checkpoint}: no such directory')
+  if base and not os.path.isfile(os.path.join(base, 'config.json')):
+    raise FileNotFoundError(f'base {base}: no config.json there (it must be an HF directory)')
+  logging.info('Loading %s', checkpoint)
+  return load_model(checkpoint, base or None, dtype)
+
+
+class _ModelResponder:
+  """What both responders share: the window, EOS ids, batching, decoding; subclasses render and tokenize."""
+
+  def __init__(self, model: LoadedModel, tokenizer: Any, *, max_new_tokens: int, batch_size: int,
+               context_tokens: int, temperature: float, seed: int):
+    if max_new_tokens < 1:
+      raise ValueError(f'max_new_tokens must be >= 1, got {max_new_tokens}')
+    if batch_size < 1:
+      raise ValueError(f'batch_size must be >= 1, got {batch_size}')
+    self.model = model
+    self.tokenizer = tokenizer
+    self.max_new_tokens = max_new_tokens
+    self.batch_size = batch_size
+    self.temperature = temperature
+    self.seed = seed
+    window = as_adapter(model.module).max_context
+    if context_tokens > 0:
+      window = min(window, context_tokens)
+    self.max_context_tokens = window - max_new_tokens
+    if self.max_context_tokens < 1:
+      raise ValueError(f'max_new_tokens={max_new_tokens} leaves no room for a prompt in a window of {window} '
+                       'tokens')
+    end = tokenizer.token_to_id(CHAT_END)
+    self.eos_token_id = tuple(dict.fromkeys(model.eos_token_id + (() if end is None else (end,))))
+    if not self.eos_token_id:
+      logging.warning('%s names no EOS token and its tokenizer has no %s: every answer runs to max_new_tokens',
+                      model.source, CHAT_END)
+
+  def render(self, prompt: Prompt) -> str:
+    raise NotImplementedError
+
+  def _generate(self, prompts: Sequence[Prompt], **kwargs) -> list[list[int]]:
+    raise NotImplementedError
+
+  def respond(self, prompts: Sequence[Prompt]) -> list[str]:
+    """One answer per prompt (special tokens and surrounding whitespace removed), `batch_size` per generate call."""
+    out: list[str] = []
+    kwargs = dict(max_new_tokens=self.max_new_tokens, temperature=self.temperature, seed=self.seed,
+                  eos_token_id=self.eos_token_id or None)
+    for first in range(0, len(prompts), self.batch_size):
+      for tokens in self._generate(prompts[first:first + self.batch_size], **kwargs):
+        out.append(self.tokenizer.decode(tokens, skip_special_tokens=True).strip())
+    return out
+
+
+class ChatResponder(_ModelResponder):
+  """A text-only decoder (Qwen2) in its ChatML template; see the module docstring."""
+
+  def __init__(self, checkpoint: str, *, base: str | None = None, max_new_tokens: int = 32, batch_size: int = 8,
+               context_tokens: int = 0, system_message: str = DEFAULT_SYSTEM_MESSAGE, dtype: str = 'float32',
+               temperature: float = 0.0, seed: int = 0):
+    model = _load(checkpoint, base, dtype)
+    if model.tokenizer is None:
+      raise FileNotFoundError(f'{hf_directory(checkpoint, base)}: no tokenizer.json; a chat responder needs one')
+    missing = [t for t in ('<|im_start|>', CHAT_END) if model.tokenizer.token_to_id(t) is None]
+    if missing:
+      raise ValueError(f'{model.source}: the tokenizer has no {missing} tokens, so it has no ChatML template')
+    model.tokenizer.no_truncation()
+    model.tokenizer.no_padding()
+    self.system_message = system_message
+    super().__init__(model, model.tokenizer, max_new_tokens=max_new_tokens, batch_size=batch_size,
+                     context_tokens=context_tokens, temperature=temperature, seed=seed)
+
+  def render(self, prompt: Prompt) -> str:
+    if prompt.images:
+      raise ValueError(f'{self.model.source} is a text-only model; the prompt has {len(prompt.images)} images')
+    return render_chatml([{'from': 'human', 'value': prompt.text}], system_message=self.system_message,
+                         add_generation_prompt=True) + prompt.assistant_prefix
+
+  def encode(self, prompt: Prompt) -> list[int]:
+    return self.tokenizer.encode(self.render(prompt)).ids
+
+  def count_tokens(self, prompt: Prompt) -> int:
+    return len(self.encode(prompt))
+
+  def _generate(self, prompts: Sequence[Prompt], **kwargs) -> list[list[int]]:
+    results = generate(self.model.module, self.model.params, [self.encode(p) for p in prompts], **kwargs)
+    return [completions[0].tokens for completions in results]
+
+
+class LlavaOnevisionResponder(_ModelResponder):
+  """A LLaVA-OneVision checkpoint with its processor; see the module docstring."""
+
+  def __init__(self, checkpoint: str, *, base: str | None = None, max_new_tokens: int = 32, batch_size: int = 4,
+               context_tokens: int = 0, system_message: str = DEFAULT_SYSTEM_MESSAGE, dtype: str = 'float32',
+               temperature: float = 0.0, seed: int = 0):
+    from mmjax.models.llava_onevision import LlavaOnevisionProcessor
+    model = _load(checkpoint, base, dtype)
+    self.processor = LlavaOnevisionProcessor.from_pretrained(hf_directory(checkpoint, base))
+    self.system_message = system_message
+    super().__init__(model, self.processor.tokenizer, max_new_tokens=max_new_tokens, batch_size=batch_size,
+                     context_tokens=context_tokens, temperature=temperature, seed=seed)
+
+  def render(self, prompt: Prompt) -> str:
+    content = [{'type': 'image'}] * len(prompt.images) + [{'type': 'text', 'text': prompt.text}]
+    return self.processor.apply_chat_template([{'role': 'user', 'content': content}], add_generation_prompt=True,
+                                              system_message=self.system_message) + prompt.assistant_prefix
+
+  def count_tokens(self, prompt: Prompt) -> int:
+    """Text tokens of the rendered prompt plus each image's placeholder tokens (one `<image>` token each before
+    the processor expands it)."""
+    text = len(self.tokenizer.encode(self.render(prompt)).ids)
+    multi = len(prompt.images) > 1
+    return text + sum(self.processor.num_image_tokens(_size(path), single_crop=multi) - 1
+                      for path in prompt.images)
+
+  def model_inputs(self, prompt: Prompt) -> dict[str, np.ndarray]:
+    """The processor's inputs for one prompt (input_ids [1, S]; pixel_values, image_sizes, batch_num_images)."""
+    return self.processor(self.render(prompt), images=[_open(p) for p in prompt.images] or None)
+
+  def _generate(self, prompts: Sequence[Prompt], **kwargs) -> list[list[int]]:
+    # One prompt at a time through the processor, so that rows need no pad token: the engine pads them itself.
+    each = [self.model_inputs(p) for p in prompts]
+    visual: dict[str, Any] = {}
+    with_images = [x for x in each if 'pixel_values' in x]
+    if with_images:
+      crops = max(x['pixel_values'].shape[1] for x in with_images)
+      visual['pixel_values'] = np.concatenate([
+          np.pad(x['pixel_values'], ((0, 0), (0, crops - x['pixel_values'].shape[1]), (0, 0), (0, 0), (0, 0)))
+          for x in with_images])
+      visual['image_sizes'] = np.concatenate([x['image_sizes'] for x in with_images])
+      visual['batch_num_images'] = np.asarray([len(p.images) for p in prompts], np.int64)
+    ids = [x['input_ids'][0].tolist() for x in each]
+    results = generate(self.model.module, self.model.params, ids, **kwargs, **visual)
+    return [completions[0].tokens for completions in results]
+
+
+def _open(path: str):
+  from PIL import Image
+  try:
+    with Image.open(path) as image:
+      return image.convert('RGB')
+  except (OSError, ValueError) as e:
+    raise ValueError(f'cannot read image file {path}: {e}') from None
+
+
+def _size(path: str) -> tuple[int, int]:
+  """(height, width) of an image file, from its header."""
+  from PIL import Image
+  try:
+    with Image.open(path) as image:
+      width, height = image.size
+  except (OSError, ValueError) as e:
+    raise ValueError(f'cannot read image file {path}: {e}') from None
+  return height, width
+

@@ -20,22 +20,17 @@ import datetime
 import json
 import os
 import sys
-import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
 
 import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
-import optax  # noqa: E402
 
-from experiments.bench.lm_step import matmul_params  # noqa: E402
+from experiments.bench.lm_step import compiled_train_step, matmul_params  # noqa: E402
 from experiments.bench.timing import median_time  # noqa: E402
-from mmjax.data import make_global_batch  # noqa: E402
 from mmjax.models.qwen2 import Qwen2Config, Qwen2ForCausalLM  # noqa: E402
-from mmjax.train import Experiment, base_config  # noqa: E402
 from mmjax.train.metrics import peak_flops  # noqa: E402
-from mmjax.train.trainer import TrainSetup  # noqa: E402
 
 QWEN2_0_5B = dict(vocab_size=151936, hidden_size=896, intermediate_size=4864, num_hidden_layers=24,
                   num_attention_heads=14, num_key_value_heads=2, rms_norm_eps=1e-6, rope_theta=1e6,
@@ -58,26 +53,7 @@ def bf16_matmul_tflops(n: int = 8192, reps: int = 10) -> float:
 
 def mmjax_step(cfg: Qwen2Config, impl: str, batch: int, seq: int, steps: int, warmup: int) -> dict:
   model = Qwen2ForCausalLM(cfg, dtype=jnp.bfloat16, remat=True, attn_impl=impl)
-  config = base_config()
-  config.mesh = {'data': 1, 'fsdp': 1, 'tensor': 1}
-  config.batch_size, config.total_steps = batch, 1000
-  config.optim.lr, config.optim.weight_decay, config.optim.clip_norm = 1e-4, 0.0, 1.0
-
-  def loss_fn(params, b, rng):
-    logits = model.apply({'params': params}, b['input_ids']).logits
-    loss = optax.softmax_cross_entropy_with_integer_labels(logits[:, :-1], b['input_ids'][:, 1:]).mean()
-    return loss, {}
-
-  exp = Experiment(init_params=lambda rng: model.init(rng, jnp.zeros((1, 16), jnp.int32))['params'],
-                   loss_fn=loss_fn, train_data=None)
-  setup = TrainSetup(config, exp)
-  state = setup.init_state(jax.random.PRNGKey(0))
-  tokens = np.random.default_rng(0).integers(0, cfg.vocab_size, (batch, seq)).astype(np.int32)
-  b = make_global_batch({'input_ids': tokens}, setup.batch_sharding)
-  start = time.perf_counter()
-  with setup.scope():
-    compiled = setup.build_step().lower(state, b).compile()
-  compile_s = time.perf_counter() - start
+  compiled, state, b, num_params, compile_s = compiled_train_step(model, cfg.vocab_size, batch, seq)
   holder = [state]
   losses = []
 
@@ -86,7 +62,7 @@ def mmjax_step(cfg: Qwen2Config, impl: str, batch: int, seq: int, steps: int, wa
     losses.append(float(jax.device_get(metrics['loss'])))
 
   seconds = median_time(run, steps, warmup)
-  return dict(impl=impl, params=setup.num_params, compile_s=compile_s, step_s=seconds,
+  return dict(impl=impl, params=num_params, compile_s=compile_s, step_s=seconds,
               first_loss=losses[0], last_loss=losses[-1])
 
 

@@ -50,8 +50,10 @@ def matmul_params(cfg: Qwen2Config) -> int:
   return cfg.num_hidden_layers * per_layer + d * cfg.vocab_size  # the unembedding is a matmul too
 
 
-def mmjax_train_step(cfg, batch, seq, steps, warmup):
-  model = Qwen2ForCausalLM(cfg)
+def compiled_train_step(model, vocab_size: int, batch: int, seq: int):
+  """The trainer's AdamW step for a causal LM on random tokens, compiled.
+
+  Returns (step(state, batch) -> (state, metrics), state, batch, number of params, compile seconds)."""
   config = base_config()
   config.mesh = {'data': 1, 'fsdp': 1, 'tensor': 1}
   config.batch_size, config.total_steps = batch, 1000
@@ -62,24 +64,27 @@ def mmjax_train_step(cfg, batch, seq, steps, warmup):
     loss = optax.softmax_cross_entropy_with_integer_labels(logits[:, :-1], b['input_ids'][:, 1:]).mean()
     return loss, {}
 
-  exp = Experiment(init_params=lambda rng: model.init(rng, jnp.zeros((1, seq), jnp.int32))['params'],
+  exp = Experiment(init_params=lambda rng: model.init(rng, jnp.zeros((1, 16), jnp.int32))['params'],
                    loss_fn=loss_fn, train_data=None)
   setup = TrainSetup(config, exp)
   state = setup.init_state(jax.random.PRNGKey(0))
-  tokens = np.random.default_rng(0).integers(0, cfg.vocab_size, (batch, seq)).astype(np.int32)
+  tokens = np.random.default_rng(0).integers(0, vocab_size, (batch, seq)).astype(np.int32)
   b = make_global_batch({'input_ids': tokens}, setup.batch_sharding)
-  step = setup.build_step()
   t0 = time.perf_counter()
   with setup.scope():
-    compiled = step.lower(state, b).compile()
-  compile_s = time.perf_counter() - t0
+    compiled = setup.build_step().lower(state, b).compile()
+  return compiled, state, b, setup.num_params, time.perf_counter() - t0
+
+
+def mmjax_train_step(cfg, batch, seq, steps, warmup):
+  compiled, state, b, num_params, compile_s = compiled_train_step(Qwen2ForCausalLM(cfg), cfg.vocab_size, batch, seq)
   holder = [state]
 
   def run():
     holder[0], m = compiled(holder[0], b)
     jax.block_until_ready(m)
 
-  return compile_s, median_time(run, steps, warmup), setup.num_params
+  return compile_s, median_time(run, steps, warmup), num_params
 
 
 def mmjax_forward(cfg, seq, steps, warmup):

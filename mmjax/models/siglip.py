@@ -52,8 +52,10 @@ class SiglipVisionConfig:
     if not isinstance(self.image_size, int) or not isinstance(self.patch_size, int):
       raise ValueError(f'image_size and patch_size must be integers (square images), got {self.image_size!r} '
                        f'and {self.patch_size!r}.')
-    if self.image_size % self.patch_size or self.hidden_size % self.num_attention_heads:
-      raise ValueError(f'image_size {self.image_size} must be a multiple of patch_size {self.patch_size} and '
+    # image_size need not be a multiple of patch_size: the patch embedding drops the remainder as torch's Conv2d
+    # does (so400m: 384 px, patch 14 -> 27 x 27 patches).
+    if self.image_size < self.patch_size or self.hidden_size % self.num_attention_heads:
+      raise ValueError(f'image_size {self.image_size} must be at least patch_size {self.patch_size} and '
                        f'hidden_size {self.hidden_size} a multiple of num_attention_heads '
                        f'{self.num_attention_heads}.')
 
@@ -132,7 +134,7 @@ class SiglipVisionModel(nn.Module):
 
   def setup(self):
     cfg = self.config
-    self.patch_embedding = PatchEmbed(cfg.patch_size, cfg.hidden_size, dtype=self.dtype,
+    self.patch_embedding = PatchEmbed(cfg.patch_size, cfg.hidden_size, drop_remainder=True, dtype=self.dtype,
                                       param_dtype=self.param_dtype)
     self.position_embedding = self.param(
         'position_embedding', nn.with_logical_partitioning(nn.initializers.normal(cfg.hidden_size ** -0.5),
@@ -149,7 +151,7 @@ class SiglipVisionModel(nn.Module):
       self.head = SiglipAttentionPoolingHead(cfg, self.attn_impl, self.dtype, self.param_dtype)
 
   def __call__(self, pixel_values: jax.Array, *, feature_layer: int | None = None) -> jax.Array:
-    """Patch features [B, N, E], N = (image_size / patch_size)^2.
+    """Patch features [B, N, E], N = (image_size // patch_size)^2.
 
     feature_layer=None: the last layer's output after post_layernorm (HF `last_hidden_state`).
     feature_layer=k: the raw hidden state HF reports as `hidden_states[k]` (0 = embeddings, i = output of layer

@@ -61,11 +61,14 @@ class PatchEmbed(nn.Module):
 
   x [B, H, W, C] (channels last) -> [B, (H/ph) * (W/pw), features] when `flatten`, else [B, H/ph, W/pw, features].
   kernel [ph, pw, C, features], i.e. a torch Conv2d weight [features, C, ph, pw] transposed by (2, 3, 1, 0).
+  drop_remainder: accept H, W that the patch does not divide and drop the last H % ph rows and W % pw columns, as
+  torch's Conv2d does (SigLIP-so400m: 384 px, patch 14 -> 27 x 27 patches); otherwise such a shape is an error.
   """
   patch_size: int | tuple[int, int]
   features: int
   use_bias: bool = True
   flatten: bool = True
+  drop_remainder: bool = False
   dtype: DTypeLike | None = None
   param_dtype: DTypeLike = jnp.float32
   kernel_init: Initializer = default_kernel_init
@@ -74,7 +77,7 @@ class PatchEmbed(nn.Module):
   @nn.compact
   def __call__(self, x: jax.Array) -> jax.Array:
     ph, pw = (self.patch_size,) * 2 if isinstance(self.patch_size, int) else self.patch_size
-    if x.ndim != 4 or x.shape[1] % ph or x.shape[2] % pw:
+    if x.ndim != 4 or (not self.drop_remainder and (x.shape[1] % ph or x.shape[2] % pw)):
       raise ValueError(f'PatchEmbed expects [B, H, W, C] with H % {ph} == 0 and W % {pw} == 0, '
                        f'got shape {x.shape}.')
     kernel = self.param('kernel', nn.with_logical_partitioning(

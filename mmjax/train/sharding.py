@@ -44,10 +44,34 @@ def rules_from_config(rules: Mapping[str, Any], mesh: Mesh) -> tuple[tuple[str, 
 def logical_shardings(boxed_tree: Any, mesh: Mesh, rules) -> Any:
   """NamedShardings for a tree whose leaves may be flax `LogicallyPartitioned` boxes.
 
-  Unboxed leaves are replicated.
+  Unboxed leaves are replicated. A dimension whose size a rule's mesh axes do not divide is
+  replicated over the axes that do not fit (e.g. 14 heads over tensor=4), so one rule table serves
+  every model size.
   """
   specs = nn.get_partition_spec(boxed_tree)
-  return nn.logical_to_mesh_sharding(specs, mesh, rules)
+  shardings = nn.logical_to_mesh_sharding(specs, mesh, rules)
+  values = jax.tree.map(lambda b: b.value if isinstance(b, nn.meta.AxisMetadata) else b, boxed_tree,
+                        is_leaf=lambda b: isinstance(b, nn.meta.AxisMetadata))  # unbox() would constrain
+  return jax.tree.map(lambda s, v: fit_sharding(s, getattr(v, 'shape', ())), shardings, values,
+                      is_leaf=lambda x: isinstance(x, NamedSharding))
+
+
+def fit_sharding(sharding: NamedSharding, shape: tuple[int, ...]) -> NamedSharding:
+  """`sharding` without the mesh axes that do not divide their dimension of `shape` (those are replicated)."""
+  sizes = dict(zip(sharding.mesh.axis_names, sharding.mesh.axis_sizes))
+  spec, changed = [], False
+  for size, entry in zip(shape, sharding.spec):
+    axes = (entry,) if isinstance(entry, str) else tuple(entry or ())
+    kept, ways = [], 1
+    for axis in axes:
+      if size % (ways * sizes[axis]) == 0:
+        kept.append(axis)
+        ways *= sizes[axis]
+    changed |= len(kept) < len(axes)
+    spec.append(tuple(kept) if len(kept) > 1 else (kept[0] if kept else None))
+  if not changed:
+    return sharding
+  return NamedSharding(sharding.mesh, P(*spec, *sharding.spec[len(spec):]))
 
 
 def batch_sharding(mesh: Mesh, rules) -> NamedSharding:

@@ -142,9 +142,11 @@ class TrainSetup:
                                      is_leaf=lambda b: isinstance(b, nn.meta.AxisMetadata))
       self.labels = self.opt.labels(abstract_params)
       abstract_opt = jax.eval_shape(self.opt.tx.init, abstract_params)
+    # A group's optimiser state holds MaskedNode (no array) for the other groups' parameters.
+    masked = lambda x: isinstance(x, optax.MaskedNode)  # noqa: E731
     opt_shardings = optax.tree_map_params(
-        self.opt.tx, lambda _, s: s, abstract_opt, self.param_shardings,
-        transform_non_params=lambda _: self.replicated)
+        self.opt.tx, lambda v, s: v if masked(v) else s, abstract_opt, self.param_shardings,
+        transform_non_params=lambda _: self.replicated, is_leaf=masked)
     self.state_shardings = {
         'step': self.replicated, 'rng': self.replicated,
         'params': self.param_shardings, 'opt_state': opt_shardings,

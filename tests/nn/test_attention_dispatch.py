@@ -51,7 +51,8 @@ def test_pallas_under_a_sharded_mesh_matches_xla(batch, causal, segments):
   np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
 
 
-def test_forced_implementations_refuse_with_the_reason():
+def test_forced_implementations_refuse_with_the_reason(monkeypatch):
+  monkeypatch.setattr(jax, 'default_backend', lambda: 'cpu')  # the same answers on a GPU machine
   q, k, v = _qkv()
   mask = jnp.ones((1, 1, 24, 24), bool)
   with pytest.raises(ValueError, match="impl='pallas' cannot serve.*explicit mask"):
@@ -65,6 +66,7 @@ def test_forced_implementations_refuse_with_the_reason():
 def test_auto_picks_pallas_on_accelerators_only_when_it_supports_the_request(monkeypatch):
   q, k, _ = _qkv()
   request = dict(q=q, k=k, causal=True, mask=None, q_segment_ids=None, kv_segment_ids=None)
+  monkeypatch.setattr(jax, 'default_backend', lambda: 'cpu')
   assert resolve_impl('auto', request) == 'xla'  # CPU: interpret mode is for tests, not for speed
   monkeypatch.setattr(jax, 'default_backend', lambda: 'gpu')
   assert resolve_impl('auto', request) == 'pallas'
@@ -117,6 +119,7 @@ def test_kv_lengths_dispatch_and_refusals(monkeypatch):
   many = _qkv(b=2, sq=9, sk=40)[0]
   with pytest.raises(ValueError, match="impl='pallas' cannot serve this decode request.*1..8"):
     dot_product_attention(many, k, v, causal=True, kv_lengths=lengths + 9, impl='pallas')
+  monkeypatch.setattr(jax, 'default_backend', lambda: 'cpu')
   assert attention._decode_impl('auto', q, k) is None  # CPU: the lengths become a mask for XLA
   monkeypatch.setattr(jax, 'default_backend', lambda: 'gpu')
   assert attention._decode_impl('auto', q, k) == 'pallas'

@@ -210,3 +210,30 @@ def test_registry_auto_prefers_backend_impl(monkeypatch):
   assert calls == [['causal', 'kv_segment_ids', 'mask', 'q_segment_ids', 'scale']]
   dot_product_attention(q, k, v, impl='xla')
   assert len(calls) == 1
+
+
+@pytest.mark.parametrize('kind', ['plain', 'sq<sk', 'padding-mask', 'full-mask', 'segments'])
+def test_long_causal_attention_by_blocks_equals_one_block(kind):
+  """S >= 2 * CAUSAL_BLOCK runs block by block over the visible keys only; output and grads are unchanged."""
+  b, sq, h, hkv, d = 2, 2 * attention.CAUSAL_BLOCK + 37, 4, 2, 16
+  sk = sq + 21 if kind == 'sq<sk' else sq
+  rng = np.random.default_rng(0)
+  q, k, v = (jnp.asarray(rng.standard_normal(s), jnp.float32) for s in ((b, sq, h, d), (b, sk, hkv, d), (b, sk, hkv, d)))
+  kwargs = dict(causal=True, mask=None, q_segment_ids=None, kv_segment_ids=None, scale=0.25)
+  if kind == 'padding-mask':
+    kwargs['mask'] = jnp.asarray(np.arange(sk)[None, None, None, :] >= np.array([0, 100])[:, None, None, None])
+  elif kind == 'full-mask':
+    kwargs['mask'] = jnp.asarray(rng.random((b, 1, sq, sk)) < 0.8)
+  elif kind == 'segments':
+    kwargs['q_segment_ids'] = kwargs['kv_segment_ids'] = jnp.asarray(np.arange(sq)[None, :] * 3 // sq + np.arange(b)[:, None])
+
+  def loss(fn):
+    return lambda q, k, v: jnp.sum(jnp.sin(fn(q, k, v, **kwargs)))
+
+  blocked, one = attention.xla_attention, attention._xla_attention_block
+  np.testing.assert_allclose(blocked(q, k, v, **kwargs), one(q, k, v, **kwargs), atol=1e-5)
+  for g_blocked, g_one in zip(jax.grad(loss(blocked), argnums=(0, 1, 2))(q, k, v),
+                              jax.grad(loss(one), argnums=(0, 1, 2))(q, k, v)):
+    np.testing.assert_allclose(g_blocked, g_one, atol=1e-5)
+  jaxpr = str(jax.make_jaxpr(lambda q, k, v: blocked(q, k, v, **kwargs))(q, k, v))
+  assert jaxpr.count('dot_general') == 2 * 3, 'expected three blocks of two matmuls'

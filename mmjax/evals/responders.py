@@ -14,6 +14,7 @@ benchmark fits each prompt before asking (CoverBench cuts its context from the l
 """
 from __future__ import annotations
 
+import abc
 import os
 from typing import Any, Sequence
 
@@ -40,7 +41,7 @@ def _load(checkpoint: str, base: str | None, dtype: str) -> LoadedModel:
   return load_model(checkpoint, base or None, dtype)
 
 
-class _ModelResponder:
+class _ModelResponder(abc.ABC):
   """What both responders share: the window, EOS ids, batching, decoding; subclasses render and tokenize."""
 
   def __init__(self, model: LoadedModel, tokenizer: Any, *, max_new_tokens: int, batch_size: int,
@@ -68,11 +69,13 @@ class _ModelResponder:
       logging.warning('%s names no EOS token and its tokenizer has no %s: every answer runs to max_new_tokens',
                       model.source, CHAT_END)
 
+  @abc.abstractmethod
   def render(self, prompt: Prompt) -> str:
-    raise NotImplementedError
+    """The prompt as the model's input text."""
 
+  @abc.abstractmethod
   def _generate(self, prompts: Sequence[Prompt], **kwargs) -> list[list[int]]:
-    raise NotImplementedError
+    """New token ids per prompt."""
 
   def respond(self, prompts: Sequence[Prompt]) -> list[str]:
     """One answer per prompt (special tokens and surrounding whitespace removed), `batch_size` per generate call."""

@@ -20,7 +20,7 @@ import numpy as np
 
 from mmjax.generate import decode_loop as loop
 from mmjax.generate.adapters import DecoderAdapter, as_adapter
-from mmjax.generate.batching import bucket, fit_prompts, pack_prompts, prepare_model_inputs, split_model_inputs
+from mmjax.generate.batching import fit_prompts, prepare_model_inputs
 from mmjax.generate.compiles import record
 from mmjax.generate.generate import TokenIds, stop_rules
 
@@ -82,12 +82,8 @@ def beam_search(model: nn.Module | DecoderAdapter, params: Any, prompts: Sequenc
   model_inputs = prepare_model_inputs(adapter, fitted, model_inputs)
   if max_new_tokens == 0:
     return [[Hypothesis([], 0.0)] for _ in fitted]
-  batch = pack_prompts(fitted)
+  batch, budget, logits, cache = loop.prefill_prompts(adapter, params, fitted, max_new_tokens, model_inputs)
   rows = len(batch.lengths)
-  budget = bucket(max_new_tokens, minimum=8)
-  array_inputs, static_inputs = split_model_inputs(model_inputs)
-  logits, cache = loop.prefill(adapter, params, batch.tokens, batch.lengths, array_inputs,
-                               static_inputs=static_inputs, cache_len=bucket(batch.tokens.shape[1] + budget))
   settings = (jnp.int32(max_new_tokens), eos_ids, jnp.float32(length_penalty))
   state = _start(logits, cache, np.arange(rows) < batch.num_prompts, *settings, num_beams=num_beams,
                  budget=budget, candidates=candidates)

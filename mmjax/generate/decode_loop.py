@@ -14,6 +14,7 @@ import jax
 import jax.numpy as jnp
 
 from mmjax.generate.adapters import DecoderAdapter
+from mmjax.generate.batching import bucket, pack_prompts, split_model_inputs
 from mmjax.generate.compiles import record
 from mmjax.generate.sampling import Filters, SamplingValues, select_tokens
 
@@ -64,6 +65,18 @@ def prefill(adapter: DecoderAdapter, params: Any, tokens: jax.Array, lengths: ja
   record('prefill', rows=tokens.shape[0], prompt_len=tokens.shape[1], cache_len=cache_len)
   cache = adapter.init_cache(tokens.shape[0], cache_len)
   return adapter.prefill(params, tokens, lengths, cache, **array_inputs, **dict(static_inputs))
+
+
+def prefill_prompts(adapter: DecoderAdapter, params: Any, fitted: list, max_new_tokens: int, model_inputs: dict
+                    ) -> tuple[Any, int, jax.Array, Any]:
+  """Packs fitted prompts (see `batching.pack_prompts`) and prefills them into a cache with room for
+  max_new_tokens, both lengths bucketed. Returns (the packed batch, the token budget, logits [B, V], cache)."""
+  batch = pack_prompts(fitted)
+  budget = bucket(max_new_tokens, minimum=8)
+  array_inputs, static_inputs = split_model_inputs(model_inputs)
+  logits, cache = prefill(adapter, params, batch.tokens, batch.lengths, array_inputs, static_inputs=static_inputs,
+                          cache_len=bucket(batch.tokens.shape[1] + budget))
+  return batch, budget, logits, cache
 
 
 @functools.partial(jax.jit, static_argnames=('num_samples', 'budget'))

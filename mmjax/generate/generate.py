@@ -10,7 +10,7 @@ import numpy as np
 
 from mmjax.generate import decode_loop as loop
 from mmjax.generate.adapters import DecoderAdapter, as_adapter
-from mmjax.generate.batching import bucket, fit_prompts, pack_prompts, prepare_model_inputs, split_model_inputs
+from mmjax.generate.batching import fit_prompts, prepare_model_inputs
 from mmjax.generate.sampling import Filters, SamplingValues, sampling_setup
 
 TokenIds = Sequence[int]
@@ -104,12 +104,8 @@ def _decode(adapter: DecoderAdapter, params: Any, fitted: list[np.ndarray], filt
             model_inputs: dict[str, Any]) -> Iterator[list[list[Completion]]]:
   """`stream`'s generator, for validated arguments and max_new_tokens >= 1."""
   max_new_tokens = int(rules.max_new)
-  batch = pack_prompts(fitted)
+  batch, budget, logits, cache = loop.prefill_prompts(adapter, params, fitted, max_new_tokens, model_inputs)
   rows = len(batch.lengths)
-  budget = bucket(max_new_tokens, minimum=8)
-  array_inputs, static_inputs = split_model_inputs(model_inputs)
-  logits, cache = loop.prefill(adapter, params, batch.tokens, batch.lengths, array_inputs,
-                               static_inputs=static_inputs, cache_len=bucket(batch.tokens.shape[1] + budget))
   state = loop.start(logits, cache, np.arange(rows) < batch.num_prompts, jax.random.key(seed),
                      num_samples=num_samples, budget=budget)
   until = 0

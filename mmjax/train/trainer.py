@@ -164,18 +164,23 @@ class TrainSetup:
     stack.enter_context(nn.logical_axis_rules(self.rules))
     return stack
 
-  def _init_state(self, rng):
+  def _init_state(self, rng, params=None):
     init_rng, train_rng = jax.random.split(rng)
-    params = nn.meta.unbox(self.exp.init_params(init_rng))
+    if params is None:
+      params = nn.meta.unbox(self.exp.init_params(init_rng))
     state = {'step': jnp.zeros((), jnp.int32), 'rng': train_rng, 'params': params,
              'opt_state': self.opt.tx.init(params)}
     if self.config.ema_decay > 0:
       state['ema_params'] = jax.tree.map(jnp.copy, params)
     return state
 
-  def init_state(self, rng):
+  def init_state(self, rng, params=None):
+    """The step-0 state: params from the experiment's init, or the given (already sharded) params, which are
+    then used as they are (no random init is computed: a 72B start from a checkpoint never holds two copies)."""
     with self.scope():
-      return jax.jit(self._init_state, out_shardings=self.state_shardings)(rng)
+      if params is None:
+        return jax.jit(self._init_state, out_shardings=self.state_shardings)(rng)
+      return jax.jit(self._init_state, out_shardings=self.state_shardings, donate_argnums=1)(rng, params)
 
   def abstract_with_shardings(self):
     return jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
@@ -301,14 +306,13 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
     data_iter = make_iterator(experiment.train_data, state_json=data_state['iterator'])
     logging.info('Resumed from the checkpoint at step %d in %s', latest, workdir)
   else:
-    state = setup.init_state(jax.random.PRNGKey(config.seed))
+    params = None
     if config.get('init_from'):
       abstract = jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
                               setup.abstract_state['params'], setup.param_shardings)
-      state['params'] = ckpt_lib.load_params(config.init_from, abstract)
-      if 'ema_params' in state:
-        state['ema_params'] = jax.tree.map(jnp.copy, state['params'])
+      params = ckpt_lib.load_params(config.init_from, abstract)
       logging.info('Initialised the params from %s', config.init_from)
+    state = setup.init_state(jax.random.PRNGKey(config.seed), params=params)
     data_iter = make_iterator(experiment.train_data)
   start = int(jax.device_get(state['step']))
 

@@ -1,4 +1,5 @@
 """Trainer features on a toy regression: metrics, NaN guard, accumulation, EMA, groups, profiling."""
+import dataclasses
 import glob
 import os
 
@@ -126,6 +127,21 @@ def test_init_from_another_run_and_its_priority(tmp_path):
   again = train_and_evaluate(toy_config(mesh=ONE_DEVICE, total_steps=2, init_from='/nonexistent'), second_dir,
                              toy_experiment(toy_config()))
   assert again['step'] == 2
+
+
+def test_init_from_computes_no_random_init(tmp_path):
+  """With init_from the experiment's init_params is traced for shapes only, never compiled to compute values."""
+  _, first_dir = _run(tmp_path, 'first', total_steps=2)
+
+  def traces(name, **overrides):
+    config = toy_config(mesh=ONE_DEVICE, total_steps=3, **overrides)
+    experiment = toy_experiment(config)
+    calls, init = [], experiment.init_params
+    experiment = dataclasses.replace(experiment, init_params=lambda rng: calls.append(1) or init(rng))
+    train_and_evaluate(config, str(tmp_path / name), experiment)
+    return len(calls)
+
+  assert traces('from_checkpoint', init_from=first_dir) == traces('fresh') - 1
 
 
 def test_init_from_with_mismatched_shapes_names_them(tmp_path):

@@ -25,6 +25,7 @@ from mmjax.cli_generate import LoadedModel, hf_directory, load_model
 from mmjax.data.chat_masking import DEFAULT_SYSTEM_MESSAGE, render_chatml
 from mmjax.evals.prompt import Prompt
 from mmjax.generate import as_adapter, generate
+from mmjax.models.llava_image_processing import load_rgb
 
 CHAT_END = '<|im_end|>'
 
@@ -129,9 +130,11 @@ class LlavaOnevisionResponder(_ModelResponder):
   def __init__(self, checkpoint: str, *, base: str | None = None, max_new_tokens: int = 32, batch_size: int = 4,
                context_tokens: int = 0, system_message: str = DEFAULT_SYSTEM_MESSAGE, dtype: str = 'float32',
                temperature: float = 0.0, seed: int = 0):
-    from mmjax.models.llava_onevision import LlavaOnevisionProcessor
     model = _load(checkpoint, base, dtype)
-    self.processor = LlavaOnevisionProcessor.from_pretrained(hf_directory(checkpoint, base))
+    if model.processor is None:  # load_model reads the processor of a LLaVA-OneVision checkpoint
+      raise FileNotFoundError(f'{hf_directory(checkpoint, base)}: no preprocessor_config.json; a LLaVA-OneVision '
+                              'responder needs its image processor')
+    self.processor = model.processor
     self.system_message = system_message
     super().__init__(model, self.processor.tokenizer, max_new_tokens=max_new_tokens, batch_size=batch_size,
                      context_tokens=context_tokens, temperature=temperature, seed=seed)
@@ -151,7 +154,7 @@ class LlavaOnevisionResponder(_ModelResponder):
 
   def model_inputs(self, prompt: Prompt) -> dict[str, np.ndarray]:
     """The processor's inputs for one prompt (input_ids [1, S]; pixel_values, image_sizes, batch_num_images)."""
-    return self.processor(self.render(prompt), images=[_open(p) for p in prompt.images] or None)
+    return self.processor(self.render(prompt), images=[load_rgb(p, convert=False) for p in prompt.images] or None)
 
   def _generate(self, prompts: Sequence[Prompt], **kwargs) -> list[list[int]]:
     # One prompt at a time through the processor, so that rows need no pad token: the engine pads them itself.
@@ -168,15 +171,6 @@ class LlavaOnevisionResponder(_ModelResponder):
     ids = [x['input_ids'][0].tolist() for x in each]
     results = generate(self.model.module, self.model.params, ids, **kwargs, **visual)
     return [completions[0].tokens for completions in results]
-
-
-def _open(path: str):
-  from PIL import Image
-  try:
-    with Image.open(path) as image:
-      return image.convert('RGB')
-  except (OSError, ValueError) as e:
-    raise ValueError(f'cannot read image file {path}: {e}') from None
 
 
 def _size(path: str) -> tuple[int, int]:

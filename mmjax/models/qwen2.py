@@ -17,6 +17,7 @@ import flax.linen as nn
 import flax.struct
 import jax
 import jax.numpy as jnp
+from flax.linen.dtypes import promote_dtype
 from jax.typing import DTypeLike
 
 from mmjax.models.kv_cache import KVCache, write_chunk
@@ -244,7 +245,13 @@ class Qwen2ForCausalLM(nn.Module):
     if logits_at is not None:
       x = jnp.take_along_axis(x, logits_at[:, :, None].astype(jnp.int32), axis=1)
     x = self.norm(x)
-    logits = self.embed_tokens.attend(x) if self.config.tie_word_embeddings else self.lm_head(x)
+    if self.config.tie_word_embeddings:
+      # x [B, S, E] . embedding [V, E] over E, as one dot_general: nn.Embed.attend's x @ embedding.T lets XLA:CPU
+      # materialise the [E, V] transpose (a copy of the whole table) in every decode step.
+      x, table = promote_dtype(x, self.embed_tokens.embedding, dtype=self.dtype)
+      logits = jax.lax.dot_general(x, table, (((2,), (1,)), ((), ())))
+    else:
+      logits = self.lm_head(x)
     logits = nn.with_logical_constraint(logits.astype(jnp.float32), ('batch', 'length', 'vocab'))
     if cache is not None:
       cache = cache.update(keys, values, real).replace(contiguous=cache.contiguous and attention_mask is None)

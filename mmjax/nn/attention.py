@@ -14,6 +14,8 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 
+from mmjax.nn.contractions import batched_matmul
+
 SegmentIds = jax.Array | tuple[jax.Array, jax.Array]
 
 
@@ -84,11 +86,12 @@ def _xla_attention_block(q: jax.Array, k: jax.Array, v: jax.Array, *, causal: bo
   b, q_len, h, d = q.shape
   kv_len, num_kv_heads = k.shape[1], k.shape[2]
   groups = h // num_kv_heads
-  # Heads-major operands make both matmuls plain batched GEMMs for XLA (2x faster on CPU than
-  # contracting the [B, S, H, D] layout in place).
-  q = q.reshape(b, q_len, num_kv_heads, groups, d).transpose(0, 2, 3, 1, 4)  # [B, Hkv, G, Sq, D]
+  # Heads-major operands make both matmuls plain batched GEMMs for XLA (2x faster on CPU than contracting the
+  # [B, S, H, D] layout in place); q [B, Hkv, G * Sq, D]: a group's queries are rows of one matmul on its K/V head.
+  q = q.reshape(b, q_len, num_kv_heads, groups, d).transpose(0, 2, 3, 1, 4).reshape(b, num_kv_heads, -1, d)
   k, v = k.transpose(0, 2, 1, 3), v.transpose(0, 2, 1, 3)  # [B, Hkv, Sk, D]
-  logits = jnp.einsum('bhgqd,bhkd->bhgqk', q, k, preferred_element_type=jnp.float32) * scale
+  logits = batched_matmul(q, k, b_transposed=True, preferred_element_type=jnp.float32)
+  logits = logits.reshape(b, num_kv_heads, groups, q_len, kv_len) * scale
   visible = _visible(q_len, kv_len, causal=causal, mask=mask, q_segment_ids=q_segment_ids,
                      kv_segment_ids=kv_segment_ids, num_kv_heads=num_kv_heads)
   if visible is not None:
@@ -98,8 +101,9 @@ def _xla_attention_block(q: jax.Array, k: jax.Array, v: jax.Array, *, causal: bo
   weights = jnp.exp(logits - jnp.where(jnp.isfinite(row_max), row_max, 0.0))
   denom = jnp.sum(weights, axis=-1, keepdims=True)
   # Normalising the [.., D] output instead of the [.., Sk] weights does Sk/D times less division.
-  out = jnp.einsum('bhgqk,bhkd->bhgqd', weights.astype(v.dtype), v, preferred_element_type=jnp.float32)
-  out = out / jnp.where(denom == 0.0, 1.0, denom)
+  out = batched_matmul(weights.astype(v.dtype).reshape(b, num_kv_heads, -1, kv_len), v,
+                       preferred_element_type=jnp.float32)
+  out = out.reshape(b, num_kv_heads, groups, q_len, d) / jnp.where(denom == 0.0, 1.0, denom)
   return out.transpose(0, 3, 1, 2, 4).reshape(b, q_len, h, d).astype(q.dtype)
 
 

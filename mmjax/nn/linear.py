@@ -2,6 +2,7 @@
 
 `Dense` maps the last axis ([..., in] -> [..., features]); `DenseGeneral` contracts any set of axes into any
 feature shape, which is how attention projects [B, S, E] -> [B, S, H, D] and back without reshapes.
+Both contract through `mmjax.nn.contractions.contract_trailing` (on CPU, with its gradient written out).
 """
 import math
 
@@ -11,6 +12,8 @@ import jax.numpy as jnp
 from flax.linen.dtypes import promote_dtype
 from jax.nn.initializers import Initializer
 from jax.typing import DTypeLike
+
+from mmjax.nn.contractions import contract_trailing
 
 default_kernel_init = nn.initializers.lecun_normal()
 
@@ -38,7 +41,7 @@ class Dense(nn.Module):
       bias = self.param('bias', nn.with_logical_partitioning(self.bias_init, self.kernel_axes[-1:]),
                         (self.features,), self.param_dtype)
     x, kernel, bias = promote_dtype(x, kernel, bias, dtype=self.dtype)
-    y = jnp.einsum('...i,io->...o', x, kernel)
+    y = contract_trailing(x, kernel, 1)
     return y if bias is None else y + bias
 
 
@@ -86,6 +89,8 @@ class DenseGeneral(nn.Module):
       bias = self.param('bias', nn.with_logical_partitioning(self.bias_init, self.kernel_axes[len(axis):]),
                         features, self.param_dtype)
     x, kernel, bias = promote_dtype(x, kernel, bias, dtype=self.dtype)
-    contract = (axis, tuple(range(len(axis))))
-    y = jax.lax.dot_general(x, kernel, (contract, ((), ())))
+    if axis == tuple(range(x.ndim - len(axis), x.ndim)):
+      y = contract_trailing(x, kernel, len(axis))
+    else:
+      y = jax.lax.dot_general(x, kernel, ((axis, tuple(range(len(axis)))), ((), ())))
     return y if bias is None else y + bias

@@ -22,6 +22,7 @@ from jax.typing import DTypeLike
 
 from mmjax.models.kv_cache import KVCache, write_chunk
 from mmjax.nn.attention import dot_product_attention
+from mmjax.nn.contractions import contract_trailing
 from mmjax.nn.linear import Dense, DenseGeneral
 from mmjax.nn.mlp import SwiGLU
 from mmjax.nn.norms import RMSNorm
@@ -246,10 +247,10 @@ class Qwen2ForCausalLM(nn.Module):
       x = jnp.take_along_axis(x, logits_at[:, :, None].astype(jnp.int32), axis=1)
     x = self.norm(x)
     if self.config.tie_word_embeddings:
-      # x [B, S, E] . embedding [V, E] over E, as one dot_general: nn.Embed.attend's x @ embedding.T lets XLA:CPU
+      # x [B, S, E] . embedding [V, E] over E, as one contraction: nn.Embed.attend's x @ embedding.T lets XLA:CPU
       # materialise the [E, V] transpose (a copy of the whole table) in every decode step.
       x, table = promote_dtype(x, self.embed_tokens.embedding, dtype=self.dtype)
-      logits = jax.lax.dot_general(x, table, (((2,), (1,)), ((), ())))
+      logits = contract_trailing(x, table, 1, features_first=True)
     else:
       logits = self.lm_head(x)
     logits = nn.with_logical_constraint(logits.astype(jnp.float32), ('batch', 'length', 'vocab'))

@@ -46,6 +46,16 @@ def test_contract_trailing_matches_dot_general(x_shape, kernel_shape, num_axes):
     np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4)
 
 
+def test_contract_trailing_features_first_is_a_tied_head():
+  x, table = _random((2, 5, 16), 0), _random((40, 16), 1)  # [B, S, E] . [V, E] -> [B, S, V]
+  ours = jax.jit(lambda x, t: contract_trailing(x, t, 1, features_first=True))
+  reference = lambda x, t: x @ t.T
+  np.testing.assert_allclose(ours(x, table), reference(x, table), rtol=1e-5, atol=1e-5)
+  for got, want in zip(_grads(ours, x, table), _grads(reference, x, table)):
+    assert got.shape == want.shape
+    np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4)
+
+
 @pytest.mark.parametrize('b_transposed', [True, False])
 @pytest.mark.parametrize('batch', [(3,), (2, 3)])
 def test_batched_matmul_matches_einsum(b_transposed, batch):

@@ -17,6 +17,7 @@ missing or extra image, or images out of order raise ValueError instead of decod
 image_sizes and batch_num_images become static tuples: each distinct set of sizes compiles once.
 """
 import dataclasses
+import functools
 from collections.abc import Sequence
 from typing import Any
 
@@ -27,8 +28,7 @@ import numpy as np
 from mmjax.generate.adapters import Qwen2Adapter
 from mmjax.models import anyres
 from mmjax.models.kv_cache import KVCache
-from mmjax.models.llava_onevision import LlavaOnevisionForConditionalGeneration
-from mmjax.models.qwen2 import Qwen2ForCausalLM
+from mmjax.models.llava_onevision import LlavaOnevisionForConditionalGeneration, language_model_of
 
 MODEL_INPUTS = ('pixel_values', 'image_sizes', 'batch_num_images', 'pixel_values_videos')
 PAD_TOKEN = 0  # the engine's padding token (batching.pack_prompts)
@@ -41,12 +41,10 @@ class LlavaOnevisionAdapter:
   docstring (all optional; text-only prompts need none)."""
   module: LlavaOnevisionForConditionalGeneration
 
-  @property
+  @functools.cached_property
   def text(self) -> Qwen2Adapter:
     """The language model's adapter (the module the LLaVA module nests as `language_model`)."""
-    m = self.module
-    return Qwen2Adapter(Qwen2ForCausalLM(m.config.text_config, dtype=m.dtype, param_dtype=m.param_dtype,
-                                         remat=m.remat, attn_impl=m.attn_impl))
+    return Qwen2Adapter(language_model_of(self.module))
 
   @property
   def vocab_size(self) -> int:

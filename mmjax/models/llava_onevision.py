@@ -156,6 +156,13 @@ def _static_ints(value: Any, name: str) -> np.ndarray:
                      'crops and tokens. Under jax.jit, close over it or pass it as a static argument.') from None
 
 
+def language_model_of(module: 'LlavaOnevisionForConditionalGeneration') -> Qwen2ForCausalLM:
+  """The Qwen2 decoder a LLaVA-OneVision module nests as `language_model` (params['language_model']), with the
+  module's dtypes, remat and attention implementation; unbound when called outside the module's setup."""
+  return Qwen2ForCausalLM(module.config.text_config, dtype=module.dtype, param_dtype=module.param_dtype,
+                          remat=module.remat, attn_impl=module.attn_impl)
+
+
 class LlavaOnevisionForConditionalGeneration(nn.Module):
   """Token ids + images / videos -> next-token logits (optionally with a Qwen2 KV cache).
 
@@ -178,7 +185,7 @@ class LlavaOnevisionForConditionalGeneration(nn.Module):
     self.image_newline = self.param(
         'image_newline', nn.with_logical_partitioning(nn.initializers.normal(hidden ** -0.5), ('embed',)),
         (hidden,), self.param_dtype)
-    self.language_model = Qwen2ForCausalLM(cfg.text_config, remat=self.remat, attn_impl=self.attn_impl, **kwargs)
+    self.language_model = language_model_of(self)
 
   def __call__(self, input_ids: jax.Array | None = None, *, attention_mask: jax.Array | None = None,
                positions: jax.Array | None = None, pixel_values: jax.Array | None = None,

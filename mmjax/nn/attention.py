@@ -172,13 +172,13 @@ def lengths_mask(kv_lengths: jax.Array, q_len: int, kv_len: int) -> jax.Array:
 
 def _decode_impl(impl: str, q: jax.Array, k: jax.Array) -> str | None:
   """The implementation whose `decode` serves a kv_lengths request, or None for the mask path."""
-  name = resolve_impl(impl)
   if impl == 'auto':
     backend = jax.default_backend()
     for candidate, entry in ATTENTION_IMPLS.items():
       if backend in entry.auto_backends and entry.decode and not entry.decode_refusal(q, k):
         return candidate
     return None
+  name = resolve_impl(impl)
   entry = ATTENTION_IMPLS[name]
   if entry.decode is None:
     return None

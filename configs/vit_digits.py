@@ -4,9 +4,11 @@ It exercises every piece of the trainer: mesh + logical sharding, optimiser grou
 EMA, checkpoints and resume, Grain data, metrics and the report.
 
   # seconds: a tiny model for a few steps
-  python launch.py --config configs/vit_digits.py:mode=smoke --workdir runs/digits_smoke
+  python launch.py --config configs/vit_digits.py:variant=smoke --workdir runs/digits_smoke
   # the demo run (make demo): ~97% test accuracy in about a minute on 2 CPU cores
   python launch.py --config configs/vit_digits.py --workdir runs/digits
+  # evaluate the latest checkpoint of that run again (the program: --mode train (default) or eval)
+  python launch.py --config configs/vit_digits.py --workdir runs/digits --mode eval
   # the same on your own image folder (DIR/train/<class>/*.png and DIR/test/<class>/*.png)
   python launch.py --config configs/vit_digits.py --workdir runs/folder \
       --config.data.dir=DIR --config.data.image_size=32 --config.model.patch=4
@@ -20,12 +22,12 @@ from mmjax.train.config import base_config, parse_arg
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
-  arg = parse_arg(arg, mode='default')
-  if arg.mode not in ('default', 'smoke'):
-    raise ValueError(f"mode must be 'default' or 'smoke', got {arg.mode!r}")
+  arg = parse_arg(arg, variant='default')
+  if arg.variant not in ('default', 'smoke'):
+    raise ValueError(f"variant must be 'default' or 'smoke', got {arg.variant!r}")
   c = base_config()
   c.experiment = 'experiments.vit_digits.experiment'
-  c.mode = arg.mode
+  c.variant = arg.variant
 
   c.data = ml_collections.ConfigDict()
   c.data.dir = ''  # '' = scikit-learn's digits; else an image folder with train/ and test/
@@ -55,7 +57,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.optim.weight_decay = 1e-4
   c.optim.clip_norm = 1.0
 
-  if arg.mode == 'smoke':
+  if arg.variant == 'smoke':
     c.model.width = 32
     c.model.depth = 2
     c.model.mlp_dim = 64

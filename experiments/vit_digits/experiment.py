@@ -13,10 +13,10 @@ import ml_collections
 import numpy as np
 import optax
 
-from mmjax.data import DigitsSource, ImageFolderSource, make_eval_pipeline, make_pipeline
-from mmjax.train import Context, Experiment
 from experiments.vit_digits.model import ViTClassifier
 from experiments.vit_digits.report import write_prediction_grid
+from mmjax.data import DigitsSource, ImageFolderSource, make_eval_pipeline, make_pipeline
+from mmjax.train import Context, Experiment
 
 
 class RandomShift(grain.transforms.RandomMap):
@@ -67,7 +67,8 @@ def make_experiment(config: ml_collections.ConfigDict) -> Experiment:
   def init_params(rng):
     return model.init(rng, jnp.zeros((1, size, size, channels), jnp.float32))['params']
 
-  def loss_fn(params, batch, rng):
+  def loss_fn(params, batch, rng, step):
+    del step
     logits = model.apply({'params': params}, batch['image'], train=True, rngs={'dropout': rng})
     loss = optax.softmax_cross_entropy_with_integer_labels(logits, batch['label']).mean()
     return loss, {'accuracy': (logits.argmax(-1) == batch['label']).mean()}

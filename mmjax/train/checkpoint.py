@@ -66,6 +66,11 @@ class Checkpointer:
       raise IncompatibleCheckpointError(f'The checkpoint at step {step} in {self.directory} has no train state.')
     want = _shapes(abstract_state)
     have = _shapes(meta)
+    if 'opt_state' in meta and 'opt_states' not in meta:
+      raise IncompatibleCheckpointError(
+          f'The checkpoint at step {step} in {self.directory} has the train-state layout of an older mmjax '
+          '(opt_state, ema_params) and cannot be resumed; start a new --workdir with '
+          f'--config.init_from={self.directory.parent} to keep its params.')
     problems, others = [], 0
     for k in sorted(set(want) | set(have)):
       if k not in have:
@@ -76,9 +81,9 @@ class Checkpointer:
         line = f'  {k}: checkpoint shape {tuple(have[k])} vs config shape {tuple(want[k])}'
       else:
         continue
-      if k.startswith('params/') or k == 'step':
+      if k.startswith(('params/', 'extra/')) or k in ('step', 'rng'):
         problems.append(line)
-      else:  # optimiser and EMA state mirror the params: count them only
+      else:  # optimiser and EMA states mirror the params: count them only
         others += 1
     if others:
       problems.append(f'  ... and {others} optimiser/EMA state arrays that differ accordingly')
@@ -94,7 +99,7 @@ class Checkpointer:
       raise IncompatibleCheckpointError('\n'.join(msg))
 
   def restore(self, step: int, abstract_state: Any) -> tuple[Any, dict[str, Any]]:
-    """Restores `step` into `abstract_state`'s shapes, dtypes and shardings."""
+    """Restores `step` into `abstract_state`'s shapes, dtypes and shardings (a `TrainState.saved()` tree)."""
     out = self.manager.restore(
         step,
         args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract_state),
@@ -143,37 +148,3 @@ def _config_diff(a: Any, b: Any, prefix: str = '') -> list[str]:
       out += _config_diff(a.get(k, '<absent>'), b.get(k, '<absent>'), f'{prefix}{k}.')
     return out
   return [] if json.dumps(a) == json.dumps(b) else [f'{prefix[:-1]}: {a!r} -> {b!r}']
-
-
-def load_params(source: str, abstract_params: Any) -> Any:
-  """Params (not optimiser state) from another run, placed with `abstract_params`' shardings.
-
-  source: a training workdir (its latest checkpoint; the EMA params when that run kept them) or an
-  mmjax params checkpoint (`params/`, as written by `launch.py --mode convert`).
-  Raises IncompatibleCheckpointError naming every parameter whose shape differs or is missing.
-  """
-  src = epath.Path(source if '://' in str(source) else os.path.abspath(source))
-  with ocp.PyTreeCheckpointer() as ckptr:
-    if (src / 'params').is_dir():
-      path, key = src / 'params', None
-    elif (src / 'checkpoints').is_dir():
-      steps = sorted(int(d.name) for d in (src / 'checkpoints').iterdir() if d.name.isdigit())
-      if not steps:
-        raise FileNotFoundError(f'config.init_from: {src / "checkpoints"} holds no finished checkpoint')
-      path = src / 'checkpoints' / str(steps[-1]) / 'state'
-      key = 'ema_params' if 'ema_params' in ckptr.metadata(path).item_metadata.tree else 'params'
-    else:
-      raise FileNotFoundError(f'config.init_from: {src} is neither a training workdir (checkpoints/) '
-                              'nor a params checkpoint (params/)')
-    meta = ckptr.metadata(path).item_metadata.tree
-    have = _shapes(meta[key] if key else meta)
-    want = _shapes(abstract_params)
-    problems = [f'  {k}: {have.get(k, "missing")} in {path} vs {want[k]} in the config'
-                for k in sorted(want) if tuple(have.get(k, ())) != tuple(want[k]) or k not in have]
-    if problems:
-      raise IncompatibleCheckpointError('config.init_from holds params that do not fit the model:\n'
-                                        + '\n'.join(problems[:50]))
-    item = {key: abstract_params} if key else abstract_params
-    restored = ckptr.restore(path, args=ocp.args.PyTreeRestore(
-        item=item, restore_args=ocp.checkpoint_utils.construct_restore_args(item), partial_restore=True))
-  return restored[key] if key else restored

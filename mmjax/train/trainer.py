@@ -1,20 +1,18 @@
 """The one trainer: `train_and_evaluate(config, workdir)`.
 
-An experiment hands the trainer an `Experiment`: how to initialise the params, the loss,
-the training data and the evaluators. The trainer owns everything else: mesh and
-shardings, the jitted step, optimiser, EMA, checkpoints and resume, metrics, profiling,
-NaN guard and SIGTERM handling.
+An experiment hands the trainer an `Experiment`: how to initialise the params, the loss (or its own train step),
+the training data, the evaluators and hooks. The trainer owns everything else: mesh and shardings, the jitted
+step, optimisers, EMA, frozen subtrees, checkpoints and resume, metrics, profiling, NaN guard and SIGTERM.
+
+A run is three parts: `restore_or_init` (the latest checkpoint, else init_from, else a fresh init), `run_steps`
+(the step loop), and hooks that the loop runs every N steps (`mmjax.train.hooks`).
 """
 from __future__ import annotations
 
 import contextlib
-import dataclasses
-import importlib
 import os
-import signal
-import threading
+import re
 import time
-from collections.abc import Callable, Mapping
 from typing import Any
 
 import flax.linen as nn
@@ -22,140 +20,104 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
-import optax
 from absl import logging
-from jax.experimental import multihost_utils
-from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+from jax.sharding import NamedSharding, PartitionSpec as P
 
 from mmjax.data import iterator_state_to_json, make_global_batch, make_iterator
-from mmjax.train import checkpoint as ckpt_lib
-from mmjax.train import optimizer as optim_lib
+from mmjax.train import checkpoint as ckpt_lib, hooks as hooks_lib, optimizer as optim_lib
+from mmjax.train.experiment import Context, Experiment, load_experiment
 from mmjax.train.mesh import make_mesh
 from mmjax.train.metrics import MetricsWriter, Progress, peak_flops, quiet_library_logs
 from mmjax.train.sharding import batch_sharding, logical_shardings, rules_from_config
+from mmjax.train.state import TrainState, select, union
+from mmjax.train.step import default_train_step
+from mmjax.weights import WeightsMismatchError, initial_params
 
-Params = Any
-Batch = Mapping[str, jax.Array]
-
-
-@dataclasses.dataclass(frozen=True)
-class Context:
-  """What evaluators and reports need to run under the trainer's mesh."""
-  config: ml_collections.ConfigDict
-  workdir: str
-  mesh: Mesh
-  rules: tuple
-  batch_sharding: NamedSharding
-
-  def global_batch(self, local_batch: Mapping[str, np.ndarray]) -> dict[str, jax.Array]:
-    return make_global_batch(local_batch, self.batch_sharding)
-
-  def gather(self, x: jax.Array) -> np.ndarray:
-    """The whole of a (possibly multi-process) global array, as numpy on every process."""
-    if jax.process_count() == 1 or x.is_fully_replicated:
-      return np.asarray(jax.device_get(x))
-    return np.asarray(multihost_utils.process_allgather(x, tiled=True))
+__all__ = ['Context', 'Experiment', 'TrainSetup', 'evaluate', 'evaluate_checkpoint', 'load_experiment',
+           'restore_or_init', 'run_steps', 'train_and_evaluate']
 
 
-@dataclasses.dataclass(frozen=True)
-class Experiment:
-  """One paper's training program, as the trainer sees it.
-
-  init_params: rng -> params, each leaf boxed with logical axis names (flax
-    `nn.with_logical_partitioning`).
-  loss_fn: (params, batch, rng) -> (scalar loss, dict of scalar aux metrics). Runs
-    inside jit under the mesh and logical rules.
-  train_data: a pipeline from `mmjax.data.make_pipeline`: item n is this process's share
-    of global batch n (dict of numpy arrays).
-  evaluators: name -> (params, Context) -> dict of scalar metrics, run every
-    `eval_every` steps and at the end (on the EMA params when `ema_decay` > 0).
-  report: optional (params, Context) -> dict, run once after training (plots, samples).
-  flops_per_example: model FLOPs of one training example (forward + backward), for MFU.
-  """
-  init_params: Callable[[jax.Array], Params]
-  loss_fn: Callable[[Params, Batch, jax.Array], tuple[jax.Array, Mapping[str, jax.Array]]]
-  train_data: Any
-  evaluators: Mapping[str, Callable[[Params, Context], Mapping[str, float]]] = dataclasses.field(
-      default_factory=dict)
-  report: Callable[[Params, Context], Mapping[str, Any]] | None = None
-  flops_per_example: float | None = None
+def _config_at(config: ml_collections.ConfigDict, key: str) -> Any:
+  node = config
+  for part in key.split('.'):
+    if part not in node:
+      raise ValueError(f'Experiment.optimizers names config.{key}, which the config lacks')
+    node = node[part]
+  return node
 
 
-def load_experiment(config: ml_collections.ConfigDict) -> Experiment:
-  """Imports `config.experiment` and calls its `make_experiment(config)`."""
-  if not config.get('experiment'):
-    raise ValueError('config.experiment must name a module with make_experiment(config)')
-  return importlib.import_module(config.experiment).make_experiment(config)
+def _unboxed(tree: Any) -> Any:
+  return jax.tree.map(lambda b: b.value if isinstance(b, nn.meta.AxisMetadata) else b, tree,
+                      is_leaf=lambda b: isinstance(b, nn.meta.AxisMetadata))  # unbox() would constrain
 
 
-class _Preemption:
-  """Turns SIGTERM into a stop request the loop polls after each step.
-
-  One process: a SIGTERM handler sets a flag. Several processes: JAX's preemption sync manager
-  (set up by jax.distributed) propagates a SIGTERM seen by any process and names one step at
-  which every process stops, so all of them join the same final checkpoint.
-  """
-
-  def __init__(self):
-    self._flag = False
-    self._previous = None
-    self._multi = jax.process_count() > 1
-
-  def __enter__(self):
-    if not self._multi and threading.current_thread() is threading.main_thread():
-      self._previous = signal.signal(signal.SIGTERM, self._handle)
-    return self
-
-  def _handle(self, signum, frame):
-    logging.warning('SIGTERM received: will checkpoint after the current step and exit.')
-    self._flag = True
-
-  def requested(self, step: int) -> bool:
-    """Call once per step, on every process, with the same step numbers."""
-    if self._multi:
-      return multihost_utils.reached_preemption_sync_point(step)
-    return self._flag
-
-  def __exit__(self, *exc):
-    if self._previous is not None:
-      signal.signal(signal.SIGTERM, self._previous)
+def _size(tree: Any) -> int:
+  return sum(int(np.prod(x.shape)) for x in jax.tree.leaves(tree))
 
 
 class TrainSetup:
-  """Mesh, shardings, optimiser and the jitted init/step of one run (benchmarks build steps from it)."""
+  """Mesh, shardings, optimisers and the jitted init/step of one run (benchmarks build steps from it)."""
 
-  def __init__(self, config, experiment: Experiment):
+  def __init__(self, config: ml_collections.ConfigDict, experiment: Experiment, workdir: str = ''):
     self.config = config
     self.exp = experiment
-    self.mesh = make_mesh(dict(config.mesh))
-    self.rules = rules_from_config(dict(config.sharding_rules), self.mesh)
-    self.batch_sharding = batch_sharding(self.mesh, self.rules)
-    self.opt = optim_lib.make_optimizer(config.optim, config.total_steps)
-    self.replicated = NamedSharding(self.mesh, P())
+    if experiment.loss_fn is None and experiment.train_step is None:
+      raise ValueError('Experiment needs a loss_fn (for the default step) or its own train_step')
     if config.batch_size % config.grad_accum_steps:
       raise ValueError(f'batch_size {config.batch_size} is not divisible by grad_accum_steps '
                        f'{config.grad_accum_steps}')
+    self.mesh = make_mesh(dict(config.mesh))
+    self.rules = rules_from_config(dict(config.sharding_rules), self.mesh)
+    self.batch_sharding = batch_sharding(self.mesh, self.rules)
+    self.replicated = NamedSharding(self.mesh, P())
+    self.ctx = Context(config, workdir, self.mesh, self.rules, self.batch_sharding)
     with self.scope():
       boxed = jax.eval_shape(experiment.init_params, jax.random.PRNGKey(0))
       self.param_shardings = logical_shardings(boxed, self.mesh, self.rules)
-      abstract_params = jax.tree.map(lambda b: b.value if isinstance(b, nn.meta.AxisMetadata) else b, boxed,
-                                     is_leaf=lambda b: isinstance(b, nn.meta.AxisMetadata))
-      self.labels = self.opt.labels(abstract_params)
-      abstract_opt = jax.eval_shape(self.opt.tx.init, abstract_params)
-    # A group's optimiser state holds MaskedNode (no array) for the other groups' parameters.
-    masked = lambda x: isinstance(x, optax.MaskedNode)  # noqa: E731
-    opt_shardings = optax.tree_map_params(
-        self.opt.tx, lambda v, s: v if masked(v) else s, abstract_opt, self.param_shardings,
-        transform_non_params=lambda _: self.replicated, is_leaf=masked)
-    self.state_shardings = {
-        'step': self.replicated, 'rng': self.replicated,
-        'params': self.param_shardings, 'opt_state': opt_shardings,
-    }
+      abstract_params = _unboxed(boxed)
+      extra_shardings = {}
+      if experiment.init_extra is not None:
+        extra_shardings = logical_shardings(jax.eval_shape(experiment.init_extra, jax.random.PRNGKey(0)),
+                                            self.mesh, self.rules)
+    self.optimizers = self._make_optimizers(abstract_params)
+    self.ema_match = None
     if config.ema_decay > 0:
-      self.state_shardings['ema_params'] = self.param_shardings
-    self.abstract_state = jax.eval_shape(self._init_state, jax.random.PRNGKey(0))
-    self.groups = sorted(set(jax.tree.leaves(self.labels)))
-    self.num_params = sum(int(np.prod(x.shape)) for x in jax.tree.leaves(abstract_params))
+      rx = re.compile(config.get('ema_regex') or '')
+      self.ema_match = lambda path: bool(rx.search(path))  # noqa: E731
+      if not jax.tree.leaves(select(abstract_params, self.ema_match)):
+        raise ValueError(f'config.ema_regex {config.ema_regex!r} matches no parameter')
+    with self.scope():
+      self.abstract_state = jax.eval_shape(self._init_state, jax.random.PRNGKey(0))
+    self.shardings = TrainState(
+        step=self.replicated, rng=self.replicated, params=self.param_shardings,
+        opt_states={name: optim_lib.mirror_shardings(s, abstract_params, self.param_shardings, self.replicated)
+                    for name, s in self.abstract_state.opt_states.items()},
+        ema=None if self.ema_match is None else select(self.param_shardings, self.ema_match),
+        extra=extra_shardings, optimizers=self.optimizers)
+    self.num_params = _size(abstract_params)
+    self.group_sizes = {opt.name: opt.sizes(abstract_params) for opt in self.optimizers}
+    self.num_unowned = self.num_params - sum(sum(s.values()) for s in self.group_sizes.values())
+    self._frozen_abstract = None
+
+  def _make_optimizers(self, abstract_params) -> tuple[optim_lib.Optimizer, ...]:
+    keys = dict(self.exp.optimizers or {'main': 'optim'})
+    opts = []
+    for name, key in keys.items():
+      opt = optim_lib.make_optimizer(_config_at(self.config, key), self.config.total_steps, name=name,
+                                     where=f'config.{key}')
+      opt.check(abstract_params)
+      opts.append(opt)
+    owner: dict[str, str] = {}
+    for opt in opts:
+      for path, lab in jax.tree_util.tree_flatten_with_path(opt.labels(abstract_params))[0]:
+        if lab == optim_lib.UNOWNED:
+          continue
+        p = optim_lib.path_str(path)
+        if p in owner:
+          raise ValueError(f'parameter {p} is selected by two optimisers, {owner[p]!r} and {opt.name!r}: make '
+                           f'the regexes of config.{keys[owner[p]]} and config.{keys[opt.name]} disjoint')
+        owner[p] = opt.name
+    return tuple(opts)
 
   def scope(self) -> contextlib.ExitStack:
     """Mesh + logical rules context for tracing model code."""
@@ -164,105 +126,172 @@ class TrainSetup:
     stack.enter_context(nn.logical_axis_rules(self.rules))
     return stack
 
-  def _init_state(self, rng, params=None):
+  def _init_state(self, rng, params=None) -> TrainState:
     init_rng, train_rng = jax.random.split(rng)
     if params is None:
       params = nn.meta.unbox(self.exp.init_params(init_rng))
-    state = {'step': jnp.zeros((), jnp.int32), 'rng': train_rng, 'params': params,
-             'opt_state': self.opt.tx.init(params)}
-    if self.config.ema_decay > 0:
-      state['ema_params'] = jax.tree.map(jnp.copy, params)
-    return state
+    extra = {}
+    if self.exp.init_extra is not None:
+      extra = nn.meta.unbox(self.exp.init_extra(jax.random.fold_in(init_rng, 1)))
+    ema = None if self.ema_match is None else jax.tree.map(jnp.copy, select(params, self.ema_match))
+    return TrainState(step=jnp.zeros((), jnp.int32), rng=train_rng, params=params,
+                      opt_states={opt.name: opt.init(params) for opt in self.optimizers}, ema=ema, extra=extra,
+                      optimizers=self.optimizers)
 
-  def init_state(self, rng, params=None):
+  def load_frozen(self) -> Any:
+    """The experiment's frozen subtrees, loaded now (at every start: fresh or resumed) and placed on the mesh;
+    leaves the loader left on the host are replicated."""
+    if self.exp.load_frozen is None:
+      tree = {}
+    else:
+      with self.scope():
+        tree = self.exp.load_frozen(self.ctx)
+      tree = jax.tree.map(lambda x: x if isinstance(x, jax.Array) else jax.device_put(x, self.replicated), tree)
+    abstract = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding), tree)
+    if self._frozen_abstract is None:
+      union(self.abstract_state.params, abstract)  # raises if a frozen path is also a parameter
+      self._frozen_abstract = abstract
+    elif abstract != self._frozen_abstract:
+      raise ValueError('Experiment.load_frozen returned different shapes or shardings than before')
+    return tree
+
+  @property
+  def state_shardings(self) -> TrainState:
+    """Shardings of the whole state, frozen subtrees included (they are loaded once to learn them if need be)."""
+    if self._frozen_abstract is None:
+      self.load_frozen()
+    frozen = jax.tree.map(lambda a: a.sharding, self._frozen_abstract)
+    return self.shardings.replace(frozen=frozen)
+
+  def init_state(self, rng, params=None, frozen=None) -> TrainState:
     """The step-0 state: params from the experiment's init, or the given (already sharded) params, which are
-    then used as they are (no random init is computed: a 72B start from a checkpoint never holds two copies)."""
+    then used as they are (no random init is computed: a 72B start from a checkpoint never holds two copies);
+    the frozen subtrees as given, else loaded."""
+    frozen = self.load_frozen() if frozen is None else frozen
     with self.scope():
       if params is None:
-        return jax.jit(self._init_state, out_shardings=self.state_shardings)(rng)
-      return jax.jit(self._init_state, out_shardings=self.state_shardings, donate_argnums=1)(rng, params)
+        state = jax.jit(self._init_state, out_shardings=self.shardings)(rng)
+      else:
+        state = jax.jit(self._init_state, out_shardings=self.shardings, donate_argnums=1)(rng, params)
+    return state.replace(frozen=frozen)
 
-  def abstract_with_shardings(self):
+  def abstract_checkpoint(self) -> dict[str, Any]:
+    """What a checkpoint holds (`TrainState.saved`), as ShapeDtypeStructs with this run's shardings."""
     return jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
-                        self.abstract_state, self.state_shardings)
+                        self.abstract_state.saved(), self.shardings.saved())
+
+  def restore(self, ckpt: ckpt_lib.Checkpointer, step: int) -> tuple[TrainState, dict[str, Any]]:
+    """(state, data state) of checkpoint `step`, after checking it fits the config; frozen subtrees loaded."""
+    ckpt.check_compatible(step, self.abstract_state.saved(), self.config)
+    saved, data_state = ckpt.restore(step, self.abstract_checkpoint())
+    return TrainState.from_saved(saved, self.optimizers, self.load_frozen()), data_state
+
+  def size_metrics(self) -> dict[str, int]:
+    """num_params, the parameters of every optimiser group, the unoptimised and the frozen ones."""
+    out = {'num_params': self.num_params}
+    several = len(self.optimizers) > 1
+    for name, sizes in self.group_sizes.items():
+      for group, n in sizes.items():
+        out[f'num_params/{name}/{group}' if several else f'num_params/{group}'] = n
+    if self.num_unowned:
+      out['num_params/not_optimised'] = self.num_unowned
+    if self._frozen_abstract:
+      out['num_frozen_params'] = _size(self._frozen_abstract)
+    return out
+
+  def log_sizes(self) -> None:
+    for opt in self.optimizers:
+      rows = []
+      for g in opt.groups:
+        if g.name not in self.group_sizes[opt.name]:
+          continue
+        how = ('frozen' if g.frozen else f'{g.schedule} lr {g.lr:g}'
+               + (f', frozen until step {g.frozen_until}' if g.frozen_until else ''))
+        rows.append(f'{g.name} {self.group_sizes[opt.name][g.name]:,} ({how})')
+      logging.info('optimiser %s (%s): %s', opt.name, opt.where, '; '.join(rows))
+    if self.num_unowned:
+      logging.info('%s parameters are selected by no optimiser and stay as initialised', f'{self.num_unowned:,}')
+    if self._frozen_abstract:
+      logging.info('frozen subtrees (loaded, never optimised or checkpointed): %s parameters',
+                   f'{_size(self._frozen_abstract):,}')
 
   def build_step(self):
-    cfg, opt, labels = self.config, self.opt, self.labels
-    frozen = set(opt.frozen)
-    accum = int(cfg.grad_accum_steps)
-    loss_and_grad = jax.value_and_grad(self.exp.loss_fn, has_aux=True)
-    default_schedule = opt.schedules.get(optim_lib.DEFAULT_GROUP) or next(iter(opt.schedules.values()))
+    """The jitted step: (state, batch) -> (state, metrics), the state donated. The experiment's train_step (or
+    the default one) runs with rng = fold_in(state.rng, state.step); then the step advances and the EMA follows
+    the params (unless the step's 'finite' metric is False)."""
+    cfg, exp = self.config, self.exp
+    inner = exp.train_step or default_train_step(exp.loss_fn, int(cfg.grad_accum_steps))
+    decay = float(cfg.ema_decay)
 
-    def compute_grads(params, batch, rng):
-      if accum == 1:
-        return loss_and_grad(params, batch, rng)
-      micro = jax.tree.map(lambda x: x.reshape(accum, x.shape[0] // accum, *x.shape[1:]), batch)
+    def step_fn(state: TrainState, batch):
+      new, metrics = inner(state, batch, jax.random.fold_in(state.rng, state.step))
+      if jax.tree.structure(new) != jax.tree.structure(state):
+        raise TypeError('train_step returned a state of another structure than it was given:\n'
+                        f'  {jax.tree.structure(new)}\nvs\n  {jax.tree.structure(state)}')
+      metrics = dict(metrics)
+      new = new.replace(step=state.step + 1, rng=state.rng, frozen=state.frozen)
+      keep = jnp.logical_not(metrics['finite']) if 'finite' in metrics else False
+      return new.update_ema(decay, keep=keep), metrics
 
-      def body(carry, xs):
-        i, mb = xs
-        (loss, aux), g = loss_and_grad(params, mb, jax.random.fold_in(rng, i))
-        acc_g, acc_loss, acc_aux = carry
-        return (jax.tree.map(jnp.add, acc_g, g), acc_loss + loss,
-                jax.tree.map(jnp.add, acc_aux, aux)), None
-
-      zeros_g = jax.tree.map(lambda p: jnp.zeros(p.shape, jnp.float32), params)
-      aux_shape = jax.eval_shape(lambda: loss_and_grad(params, jax.tree.map(lambda x: x[0], micro), rng)[0][1])
-      zeros_aux = jax.tree.map(lambda a: jnp.zeros(a.shape, a.dtype), aux_shape)
-      (g, loss, aux), _ = jax.lax.scan(body, (zeros_g, jnp.zeros((), jnp.float32), zeros_aux),
-                                       (jnp.arange(accum), micro))
-      scale = 1.0 / accum
-      g = jax.tree.map(lambda x, p: (x * scale).astype(p.dtype), g, params)
-      return (loss * scale, jax.tree.map(lambda a: a * scale, aux)), g
-
-    def step_fn(state, batch):
-      rng = jax.random.fold_in(state['rng'], state['step'])
-      (loss, aux), grads = compute_grads(state['params'], batch, rng)
-      if frozen:  # frozen groups get no gradient, so XLA can skip computing it
-        grads = jax.tree.map(lambda g, lab: jnp.zeros_like(g) if lab in frozen else g, grads, labels)
-      grad_norm = optax.global_norm(grads)
-      updates, opt_state = opt.tx.update(grads, state['opt_state'], state['params'])
-      params = optax.apply_updates(state['params'], updates)
-      new = {'step': state['step'] + 1, 'rng': state['rng'], 'params': params, 'opt_state': opt_state}
-      if 'ema_params' in state:
-        d = cfg.ema_decay
-        new['ema_params'] = jax.tree.map(lambda e, p: e * d + p * (1.0 - d), state['ema_params'], params)
-      finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
-      # A non-finite step leaves the state untouched, so no later checkpoint holds NaNs.
-      new = jax.tree.map(lambda n, o: jnp.where(finite, n, o), new, state)
-      metrics = {'loss': loss, 'grad_norm': grad_norm, 'lr': default_schedule(state['step']),
-                 'finite': finite}
-      if len(self.groups) > 1:
-        for name, norm in optim_lib.group_norms(grads, labels, self.groups).items():
-          if name not in frozen:
-            metrics[f'grad_norm/{name}'] = norm
-        for name, sched in opt.schedules.items():
-          metrics[f'lr/{name}'] = sched(state['step'])
-      metrics.update(aux)
-      return new, metrics
-
+    shardings = self.state_shardings
     with self.scope():
-      return jax.jit(step_fn, in_shardings=(self.state_shardings, self.batch_sharding),
-                     out_shardings=(self.state_shardings, self.replicated), donate_argnums=(0,))
+      return jax.jit(step_fn, in_shardings=(shardings, self.batch_sharding),
+                     out_shardings=(shardings, self.replicated), donate_argnums=(0,))
 
 
-def _check_finite(step: int, m: Mapping[str, Any]) -> None:
-  if bool(m['finite']):
-    return
-  bad = [k for k, v in m.items() if k.startswith('grad_norm/') and not np.isfinite(v)]
-  raise FloatingPointError(
-      f'Non-finite training step {step}: loss={float(m["loss"])}, grad_norm={float(m["grad_norm"])}'
-      + (f'; non-finite gradient in groups {", ".join(k.split("/", 1)[1] for k in bad)}' if bad else '')
-      + '. The state of the previous step was kept; the last checkpoint is intact.')
-
-
-def evaluate(setup: TrainSetup, state, ctx: Context) -> dict[str, float]:
-  params = state.get('ema_params', state['params'])
+def evaluate(setup: TrainSetup, state: TrainState, ctx: Context) -> dict[str, float]:
+  """The experiment's evaluators on `state.eval_params()`, as {'<evaluator>/<metric>': value}."""
+  params = state.eval_params()
   out = {}
   with setup.scope():
     for name, fn in setup.exp.evaluators.items():
       for k, v in fn(params, ctx).items():
         out[f'{name}/{k}'] = float(v)
   return out
+
+
+def restore_or_init(setup: TrainSetup, ckpt: ckpt_lib.Checkpointer) -> tuple[TrainState, Any, bool]:
+  """(state, data iterator, resumed): the latest checkpoint of the workdir, else `config.init_from`'s params,
+  else the experiment's init. The frozen subtrees are loaded either way."""
+  config, exp = setup.config, setup.exp
+  latest = ckpt.latest_step()
+  if latest is not None:
+    state, data_state = setup.restore(ckpt, latest)
+    logging.info('Resumed from the checkpoint at step %d in %s', latest, setup.ctx.workdir)
+    return state, make_iterator(exp.train_data, state_json=data_state['iterator']), True
+  params = None
+  rng = jax.random.PRNGKey(config.seed)
+  if config.get('init_from'):
+    abstract = jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
+                            setup.abstract_state.params, setup.param_shardings)
+    init_rng = jax.random.split(rng)[0]  # the key _init_state gives a fresh init: uncovered leaves match it
+    try:
+      with setup.scope():
+        params = initial_params(config.init_from, abstract, exp.init_params, init_rng)
+    except WeightsMismatchError as e:
+      raise ckpt_lib.IncompatibleCheckpointError(f'config.init_from: {e}') from None
+  state = setup.init_state(rng, params=params)
+  return state, make_iterator(exp.train_data), False
+
+
+def run_steps(setup: TrainSetup, state: TrainState, data_iter, hooks, loop: hooks_lib.Loop) -> TrainState:
+  """Steps from `state.step` to `loop.total_steps`, running the due hooks after each; a hook that sets
+  `loop.stop` ends the loop after that step."""
+  start = int(jax.device_get(state.step))
+  step_fn = setup.build_step()
+  hooks_lib.begin_hooks(hooks, state, start, setup.ctx)
+  t0 = time.perf_counter()
+  for step in range(start + 1, loop.total_steps + 1):
+    batch = make_global_batch(next(data_iter), setup.batch_sharding)
+    state, loop.metrics = step_fn(state, batch)
+    if step == start + 1:
+      jax.block_until_ready(loop.metrics)
+      logging.info('first step (compile + run) took %.2fs', time.perf_counter() - t0)
+    hooks_lib.run_hooks(hooks, state, step, setup.ctx, loop)
+    if loop.stop:
+      logging.warning('Stopping after step %d with a checkpoint (%s).', step, loop.stop)
+      break
+  return state
 
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
@@ -280,14 +309,14 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
 
   Returns:
     {'step': last step, 'eval': final eval metrics, 'report': report output,
-     'preempted': whether SIGTERM or stop_after_step ended the run early}.
+     'preempted': whether SIGTERM or stop_after_step ended the run early, 'state': the final TrainState}.
   """
   os.makedirs(workdir, exist_ok=True)
   quiet_library_logs()
   experiment = experiment or load_experiment(config)
-  setup = TrainSetup(config, experiment)
+  setup = TrainSetup(config, experiment, workdir)
+  ctx = setup.ctx
   is_primary = jax.process_index() == 0
-  ctx = Context(config, workdir, setup.mesh, setup.rules, setup.batch_sharding)
   logging.info('mesh %s on %d devices (%d processes); %s parameters',
                dict(setup.mesh.shape), jax.device_count(), jax.process_count(), f'{setup.num_params:,}')
   peak = peak_flops(jax.devices()[0].device_kind)
@@ -299,119 +328,68 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
 
   ckpt = ckpt_lib.Checkpointer(os.path.join(workdir, 'checkpoints'), every=config.ckpt_every,
                                keep=config.keep_ckpts, async_save=config.async_checkpointing)
-  latest = ckpt.latest_step()
-  if latest is not None:
-    ckpt.check_compatible(latest, setup.abstract_state, config)
-    state, data_state = ckpt.restore(latest, setup.abstract_with_shardings())
-    data_iter = make_iterator(experiment.train_data, state_json=data_state['iterator'])
-    logging.info('Resumed from the checkpoint at step %d in %s', latest, workdir)
-  else:
-    params = None
-    if config.get('init_from'):
-      abstract = jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
-                              setup.abstract_state['params'], setup.param_shardings)
-      params = ckpt_lib.load_params(config.init_from, abstract)
-      logging.info('Initialised the params from %s', config.init_from)
-    state = setup.init_state(jax.random.PRNGKey(config.seed), params=params)
-    data_iter = make_iterator(experiment.train_data)
-  start = int(jax.device_get(state['step']))
-
+  state, data_iter, resumed = restore_or_init(setup, ckpt)
+  setup.log_sizes()
+  start = int(jax.device_get(state.step))
   writer = MetricsWriter(workdir, tensorboard=config.tensorboard, is_primary=is_primary)
-  if start == 0 and latest is None:
-    writer.write(0, {'num_params': setup.num_params}, kind='setup')
-  step_fn = setup.build_step()
-  t0 = time.perf_counter()
-  compiled_at = None
+  if not resumed:
+    writer.write(0, setup.size_metrics(), kind='setup')
+
+  loop = hooks_lib.Loop(int(config.total_steps), writer)
   progress = Progress(start=start, total=config.total_steps, batch_size=config.batch_size,
                       enabled=config.progress_bar and is_primary)
-  profile = tuple(config.profile_steps or ())
-  pending = None  # (step, device metrics) of the previous step: checked one step late
-  last_log = (start, time.perf_counter())
-  preempted = False
-  final_eval: dict[str, float] = {}
+  log = hooks_lib.LogMetrics(loop, log_every=config.log_every, batch_size=config.batch_size, start=start,
+                             progress=progress, step_flops=step_flops, peak=peak)
+  preemption = hooks_lib.Preemption(loop, stop_after_step)
+  hooks: list[Any] = [preemption, log]
+  profile = None
+  if config.profile_steps:
+    profile = hooks_lib.Profile(config.profile_steps[0], config.profile_steps[-1], os.path.join(workdir, 'profile'))
+    hooks.append(profile)
+  hooks.append(hooks_lib.Checkpoint(loop, ckpt, log, lambda: {'iterator': iterator_state_to_json(data_iter)},
+                                    config, every=config.ckpt_every))
+  if config.eval_every:
+    hooks.append(hooks_lib.Evaluate(loop, lambda s: evaluate(setup, s, ctx), every=config.eval_every))
+  hooks += list(experiment.hooks)
 
-  def flush(p):
-    nonlocal last_log
-    step, dev = p
-    m = jax.device_get(dev)
-    _check_finite(step, m)
-    if step % config.log_every == 0 or step == config.total_steps:
-      now = time.perf_counter()
-      sps = (step - last_log[0]) / max(now - last_log[1], 1e-9)
-      last_log = (step, now)
-      scalars = {k: v for k, v in m.items() if k != 'finite'}
-      scalars.update(steps_per_sec=sps, examples_per_sec=sps * config.batch_size)
-      if step_flops and peak:
-        scalars['mfu'] = step_flops * sps / (peak * jax.device_count())
-      writer.write(step, scalars)
-    progress.update(step, float(m['loss']))
-
-  with _Preemption() as preemption:
+  with preemption:
     try:
-      for step in range(start + 1, config.total_steps + 1):
-        if profile and step == profile[0]:
-          jax.profiler.start_trace(os.path.join(workdir, 'profile'))
-        local = next(data_iter)
-        batch = make_global_batch(local, setup.batch_sharding)
-        state, metrics = step_fn(state, batch)
-        if compiled_at is None:
-          jax.block_until_ready(metrics)
-          compiled_at = time.perf_counter() - t0
-          logging.info('first step (compile + run) took %.2fs', compiled_at)
-        if pending is not None:
-          flush(pending)
-        pending = (step, metrics)
-        if profile and step == profile[-1]:
-          jax.block_until_ready(state)
-          jax.profiler.stop_trace()
-          logging.info('profile of steps %s written to %s', profile, os.path.join(workdir, 'profile'))
-        preempted_now = preemption.requested(step)
-        stop_now = preempted_now or (stop_after_step is not None and step >= stop_after_step)
-        if stop_now or step == config.total_steps or step % config.ckpt_every == 0:
-          flush(pending)  # never checkpoint a state whose step has not been checked
-          pending = None
-          ckpt.save(step, state, {'iterator': iterator_state_to_json(data_iter)}, config, force=stop_now or step == config.total_steps)
-        if config.eval_every and step % config.eval_every == 0 and step != config.total_steps:
-          writer.write(step, evaluate(setup, state, ctx), kind='eval')
-        if stop_now:
-          preempted = True
-          logging.warning('Stopping after step %d with a checkpoint (%s).', step,
-                          'SIGTERM' if preempted_now else 'stop_after_step')
-          break
-      if pending is not None:
-        flush(pending)
+      state = run_steps(setup, state, data_iter, hooks, loop)
+      log.flush()
     finally:
       progress.close()
+      if profile is not None:
+        profile.stop()
       ckpt.close()
-  step = int(jax.device_get(state['step']))
+  step = int(jax.device_get(state.step))
+  final_eval: dict[str, float] = {}
   report = None
-  if not preempted:
+  if not loop.stop:
     final_eval = evaluate(setup, state, ctx)
     if final_eval:
       writer.write(step, final_eval, kind='eval')
     if experiment.report is not None:  # every process joins; the report writes files on process 0
       with setup.scope():
-        report = experiment.report(state.get('ema_params', state['params']), ctx)
+        report = experiment.report(state.eval_params(), ctx)
   writer.close()
-  return {'step': step, 'eval': final_eval, 'report': report, 'preempted': preempted,
-          'state': state}
+  return {'step': step, 'eval': final_eval, 'report': report, 'preempted': bool(loop.stop), 'state': state}
 
 
 def evaluate_checkpoint(config: ml_collections.ConfigDict, workdir: str,
                         experiment: Experiment | None = None, *, step: int | None = None) -> dict[str, Any]:
   """Restores a checkpoint of `workdir` (default: the latest) and runs the evaluators."""
   experiment = experiment or load_experiment(config)
-  setup = TrainSetup(config, experiment)
+  setup = TrainSetup(config, experiment, workdir)
   ckpt = ckpt_lib.Checkpointer(os.path.join(workdir, 'checkpoints'), every=config.ckpt_every,
                                keep=config.keep_ckpts, async_save=False)
   step = ckpt.latest_step() if step is None else step
   if step is None:
     raise FileNotFoundError(f'No checkpoint to evaluate in {os.path.join(workdir, "checkpoints")}')
-  ckpt.check_compatible(step, setup.abstract_state, config)
-  state, _ = ckpt.restore(step, setup.abstract_with_shardings())
-  ckpt.close()
-  ctx = Context(config, workdir, setup.mesh, setup.rules, setup.batch_sharding)
-  results = evaluate(setup, state, ctx)
+  try:
+    state, _ = setup.restore(ckpt, step)
+  finally:
+    ckpt.close()
+  results = evaluate(setup, state, setup.ctx)
   writer = MetricsWriter(workdir, is_primary=jax.process_index() == 0)
   writer.write(step, results, kind='eval')
   writer.close()

@@ -4,7 +4,7 @@ import subprocess
 import sys
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-SMOKE = 'configs/vit_digits.py:mode=smoke'
+SMOKE = 'configs/vit_digits.py:variant=smoke'
 
 
 def launch_env(devices: int = 1) -> dict:

@@ -21,7 +21,7 @@ def _snapshot(root):
 
 
 def _config(**kw):
-  c = vit_digits.get_config('mode=smoke')
+  c = vit_digits.get_config('variant=smoke')
   c.mesh = {'data': 1, 'fsdp': 1, 'tensor': 1}
   c.progress_bar = False
   c.async_checkpointing = False

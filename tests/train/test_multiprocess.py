@@ -2,9 +2,9 @@
 import os
 import re
 import signal
-import time
 import socket
 import subprocess
+import time
 
 from tests.train.launcher import REPO, launch_args, launch_env
 

@@ -63,8 +63,8 @@ def toy_experiment(config, source=None, evaluators=None):
         'head': {'w': nn.LogicallyPartitioned(jax.random.normal(k2, (4, 2)) * 0.1, ('mlp', 'vocab'))},
     }
 
-  def loss_fn(params, batch, rng):
-    del rng
+  def loss_fn(params, batch, rng, step):
+    del rng, step
     h = batch['x'] @ params['enc']['w'] + batch['x']
     pred = h @ params['head']['w']
     return jnp.mean((pred - batch['y']) ** 2), {}

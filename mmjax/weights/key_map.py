@@ -1,11 +1,12 @@
-"""The vocabulary of weight conversion: layout transforms, key maps (HF tensor name -> flax path + transform) and
-the per-model spec that `from_pretrained` / `save_pretrained` look up by HF `model_type`.
+"""The vocabulary of weight conversion: layout transforms, key maps (HF tensor name -> flax path + transform),
+the per-model spec that `from_pretrained` / `save_pretrained` look up by HF `model_type`, and the layouts of
+checkpoint files that carry no config (key maps built from the target's parameter shapes).
 """
 import dataclasses
 import math
 import re
 from collections.abc import Callable, Mapping
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, TypeAlias
 
 import flax.linen as nn
 import numpy as np
@@ -79,6 +80,9 @@ class Conv(Transform):
 
 SAME, FLATTEN, LINEAR, LINEAR_OUT, CONV = Same(), Flatten(), Linear(1), Linear(2), Conv()
 
+ParamPath: TypeAlias = tuple[str, ...]
+Shapes: TypeAlias = Mapping[ParamPath, tuple[int, ...]]
+
 
 class Target(NamedTuple):
   """Where an HF tensor goes: the flax parameter path (e.g. ('layers_0', 'mlp', 'fc1', 'kernel')) and the layout."""
@@ -110,9 +114,10 @@ class KeyMap:
 
 @dataclasses.dataclass(frozen=True)
 class ModelSpec:
-  """What the weight I/O needs to know about one HF model_type.
+  """What the weight I/O needs to know about one HF model_type (or diffusers `_class_name`).
 
-  config_cls: a frozen dataclass with `from_hf_dict(dict)` and `to_hf_dict()` (which includes model_type).
+  config_cls: a frozen dataclass with `from_hf_dict(dict)` and `to_hf_dict()` (which includes model_type, or
+    `_class_name` for a diffusers model).
   build: (config, dtype) -> the flax module, with dtype as compute and parameter dtype.
   example_inputs: config -> positional arguments for `module.init` (only their shapes matter).
   key_map: config -> KeyMap.
@@ -121,3 +126,19 @@ class ModelSpec:
   build: Callable[[Any, DTypeLike], nn.Module]
   example_inputs: Callable[[Any], tuple[Any, ...]]
   key_map: Callable[[Any], KeyMap]
+
+
+# A named layout of checkpoint files without a config (timm, torchvision, an original repository): the target's
+# parameter shapes (flax path -> shape) -> the KeyMap of the file's tensor names.
+Layout: TypeAlias = Callable[[Shapes], KeyMap]
+
+
+def layer_count(shapes: Shapes) -> int:
+  """Number of `layers_{i}` subtrees at the root of `shapes` (1 + the largest i; 0 without any)."""
+  found = [int(m.group(1)) for path in shapes if (m := re.fullmatch(r'layers_(\d+)', path[0]))]
+  return max(found) + 1 if found else 0
+
+
+def subtree(shapes: Shapes, name: str) -> dict[ParamPath, tuple[int, ...]]:
+  """The shapes under the root subtree `name`, with their paths relative to it."""
+  return {path[1:]: shape for path, shape in shapes.items() if path[0] == name and len(path) > 1}

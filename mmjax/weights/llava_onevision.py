@@ -15,7 +15,7 @@ from jax.typing import DTypeLike
 
 from mmjax.models.llava_onevision import LlavaOnevisionConfig, LlavaOnevisionForConditionalGeneration
 from mmjax.weights import qwen2, siglip
-from mmjax.weights.key_map import LINEAR, SAME, KeyMap, ModelSpec, Target
+from mmjax.weights.key_map import LINEAR, SAME, KeyMap, ModelSpec, Shapes, Target, subtree
 
 # (pattern, replacement), applied in order to every name found in a file.
 _RENAMES = ((r'^model\.language_model\.', 'language_model.model.'),
@@ -43,12 +43,24 @@ def _nest(key_map: KeyMap, hf_prefix: str, module: str) -> tuple[dict[str, Targe
 
 def key_map(config: LlavaOnevisionConfig) -> KeyMap:
   """language_model.* -> language_model/..., vision_tower.* -> vision_tower/..., projector and image_newline."""
-  text_targets, text_ignore = _nest(qwen2.key_map(config.text_config), 'language_model.', 'language_model')
-  vision_targets, vision_ignore = _nest(siglip.key_map(config.vision_config), 'vision_tower.', 'vision_tower')
+  return _key_map(qwen2.key_map(config.text_config), siglip.key_map(config.vision_config),
+                  config.multimodal_projector_bias)
+
+
+def layout_key_map(shapes: Shapes) -> KeyMap:
+  """The key map of a LlavaOnevisionForConditionalGeneration parameter tree of these shapes."""
+  return _key_map(qwen2.layout_key_map(subtree(shapes, 'language_model')),
+                  siglip.layout_key_map(subtree(shapes, 'vision_tower')),
+                  ('multi_modal_projector', 'linear_1', 'bias') in shapes)
+
+
+def _key_map(text: KeyMap, vision: KeyMap, projector_bias: bool) -> KeyMap:
+  text_targets, text_ignore = _nest(text, 'language_model.', 'language_model')
+  vision_targets, vision_ignore = _nest(vision, 'vision_tower.', 'vision_tower')
   targets = {**text_targets, **vision_targets, 'image_newline': Target(('image_newline',), SAME)}
   for name in ('linear_1', 'linear_2'):
     targets[f'multi_modal_projector.{name}.weight'] = Target(('multi_modal_projector', name, 'kernel'), LINEAR)
-    if config.multimodal_projector_bias:
+    if projector_bias:
       targets[f'multi_modal_projector.{name}.bias'] = Target(('multi_modal_projector', name, 'bias'), SAME)
   return RenamingKeyMap(targets, tuple(text_ignore + vision_ignore), renames=_RENAMES)
 

@@ -1,13 +1,31 @@
-"""HF model_type -> ModelSpec. Supporting a new model is one entry here plus its key map module."""
+"""What a checkpoint is: HF model_type, diffusers `_class_name` or a named file layout -> how to read it.
+
+Supporting a new model is one entry here plus its key map module. Folders are matched by their config.json (HF
+`model_type`, diffusers `_class_name`); files without a config (timm, torchvision, original repositories) by the
+layout name the caller gives.
+"""
+from collections.abc import Mapping
 from typing import Any
 
 from mmjax.weights import llava_onevision, qwen2, siglip
-from mmjax.weights.key_map import ModelSpec
+from mmjax.weights.key_map import Layout, ModelSpec
 
 MODEL_SPECS: dict[str, ModelSpec] = {
     'llava_onevision': llava_onevision.SPEC,
     'qwen2': qwen2.SPEC,
     'siglip_vision_model': siglip.SPEC,
+    'siglip': siglip.SIGLIP_MODEL_SPEC,
+}
+
+# diffusers `_class_name` -> spec (the folder's config.json parsed by spec.config_cls.from_hf_dict).
+DIFFUSERS_SPECS: dict[str, ModelSpec] = {}
+
+# Layout name -> key map from the target's shapes. The HF model types are layouts too: a bare .safetensors file
+# with their tensor names.
+LAYOUTS: dict[str, Layout] = {
+    'llava_onevision': llava_onevision.layout_key_map,
+    'qwen2': qwen2.layout_key_map,
+    'siglip_vision_model': siglip.layout_key_map,
 }
 
 
@@ -18,10 +36,27 @@ def spec_for_model_type(model_type: str | None, source: str = 'config.json') -> 
   return MODEL_SPECS[model_type]
 
 
-def model_type_of(config: Any) -> str:
-  """The registered model_type whose config class `config` is an instance of."""
-  for model_type, spec in MODEL_SPECS.items():
+def spec_for_config(hf_config: Mapping[str, Any], source: str = 'config.json') -> ModelSpec:
+  """The spec of an HF (`model_type`) or diffusers (`_class_name`) config.json dict; ValueError naming `source`."""
+  if 'model_type' not in hf_config and '_class_name' in hf_config:
+    name = hf_config['_class_name']
+    if name not in DIFFUSERS_SPECS:
+      raise ValueError(f'{source}: unsupported diffusers _class_name {name!r}; supported: {sorted(DIFFUSERS_SPECS)}.')
+    return DIFFUSERS_SPECS[name]
+  return spec_for_model_type(hf_config.get('model_type'), source)
+
+
+def layout(name: str) -> Layout:
+  """The registered layout `name`; ValueError listing the registered ones otherwise."""
+  if name not in LAYOUTS:
+    raise ValueError(f'unknown weight layout {name!r}; registered layouts: {sorted(LAYOUTS)}.')
+  return LAYOUTS[name]
+
+
+def spec_of(config: Any) -> ModelSpec:
+  """The first registered spec whose config class `config` is an instance of."""
+  for spec in (*MODEL_SPECS.values(), *DIFFUSERS_SPECS.values()):
     if isinstance(config, spec.config_cls):
-      return model_type
+      return spec
   raise ValueError(f'No weight spec for config type {type(config).__name__}; supported model types: '
                    f'{sorted(MODEL_SPECS)}.')

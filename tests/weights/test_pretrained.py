@@ -11,7 +11,8 @@ import transformers
 from safetensors.numpy import load_file, save_file
 
 from mmjax.weights import from_pretrained, save_pretrained
-from tests.models.hf_reference import qwen2_logits, save_qwen2, save_siglip
+from tests.hf_models import qwen2_logits, save_qwen2, save_siglip
+from tests.numerics import assert_close_programs
 
 IDS = np.random.default_rng(0).integers(0, 128, (2, 7))
 
@@ -30,7 +31,7 @@ def test_qwen2_round_trip_through_transformers(tmp_path, tied):
   reloaded = transformers.AutoModelForCausalLM.from_pretrained(tmp_path / 'out', attn_implementation='eager')
   assert isinstance(reloaded, transformers.Qwen2ForCausalLM)
   assert reloaded.config.tie_word_embeddings == tied and reloaded.config.rope_parameters['rope_theta'] == 1e6
-  np.testing.assert_allclose(qwen2_logits(reloaded.eval(), IDS), qwen2_logits(reference, IDS), atol=1e-5)
+  assert_close_programs(qwen2_logits(reloaded.eval(), IDS), qwen2_logits(reference, IDS))
 
 
 def test_siglip_round_trip_through_transformers(tmp_path):
@@ -41,8 +42,8 @@ def test_siglip_round_trip_through_transformers(tmp_path):
   pixels = torch.from_numpy(np.random.default_rng(0).standard_normal((1, 3, 32, 32)).astype(np.float32))
   with torch.no_grad():
     expected, out = reference(pixels), reloaded(pixels)
-  np.testing.assert_allclose(out.pooler_output.numpy(), expected.pooler_output.numpy(), atol=1e-5)
-  np.testing.assert_allclose(out.last_hidden_state.numpy(), expected.last_hidden_state.numpy(), atol=1e-5)
+  assert_close_programs(out.pooler_output.numpy(), expected.pooler_output.numpy())
+  assert_close_programs(out.last_hidden_state.numpy(), expected.last_hidden_state.numpy())
   # The export carries the vision_model. prefix that both transformers 4.x and 5.x read.
   assert all(k.startswith('vision_model.') for k in load_file(tmp_path / 'out' / 'model.safetensors'))
   _, again, _ = from_pretrained(tmp_path / 'out')
@@ -60,7 +61,7 @@ def test_sharded_checkpoint_loads_in_both_directions(tmp_path, qwen2_dir):
   _, again, _ = from_pretrained(tmp_path)
   jax.tree.map(np.testing.assert_array_equal, again, params)
   reloaded = transformers.Qwen2ForCausalLM.from_pretrained(tmp_path, attn_implementation='eager').eval()
-  np.testing.assert_allclose(qwen2_logits(reloaded, IDS), qwen2_logits(reference, IDS), atol=1e-5)
+  assert_close_programs(qwen2_logits(reloaded, IDS), qwen2_logits(reference, IDS))
   save_pretrained(tmp_path, module, params)  # saving again unsharded removes the stale shards and index
   assert sorted(p.name for p in tmp_path.glob('model*')) == ['model.safetensors']
 
@@ -112,7 +113,8 @@ def test_missing_and_extra_tensors_are_named(tmp_path):
 
 def test_unsupported_model_type_and_pickle_only(tmp_path):
   (tmp_path / 'config.json').write_text(json.dumps({'model_type': 'llama'}))
-  with pytest.raises(ValueError, match=r"unsupported model_type 'llama'; supported: \['llava_onevision', 'qwen2', 'siglip_vision_model'"):
+  with pytest.raises(ValueError, match=r"unsupported model_type 'llama'; supported: \['llava_onevision', 'qwen2', "
+                                       r"'siglip', 'siglip_vision_model'\]"):
     from_pretrained(tmp_path)
   save_qwen2(tmp_path, tied=True)
   (tmp_path / 'model.safetensors').unlink()

@@ -1,4 +1,4 @@
-"""from_pretrained onto a (fsdp=4, tensor=2) mesh of the 8 CPU devices: placement and 1-device parity."""
+"""from_pretrained onto meshes of the 8 CPU devices: placement as the trainer places it and 1-device parity."""
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -7,8 +7,10 @@ import pytest
 from jax.sharding import AxisType, PartitionSpec as P
 
 from mmjax.models import init_cache
+from mmjax.train.sharding import DEFAULT_RULES, logical_shardings, rules_from_config
 from mmjax.weights import from_pretrained
-from tests.models.hf_reference import save_qwen2, save_siglip
+from tests.hf_models import save_qwen2, save_siglip
+from tests.numerics import assert_close_programs
 
 RULES = {'batch': None, 'length': None, 'embed': 'fsdp', 'mlp': 'tensor', 'heads': 'tensor', 'kv_heads': 'tensor',
          'head_dim': None, 'vocab': 'tensor', 'conv_h': None, 'conv_w': None, 'conv_in': None}
@@ -42,8 +44,8 @@ def test_qwen2_params_are_sharded_and_logits_match_one_device(tmp_path, mesh):
   with jax.set_mesh(mesh), nn.logical_axis_rules(tuple(RULES.items())):
     logits = apply(sharded, ids, mask, None).logits
     cached = apply(sharded, ids, mask, init_cache(module.config, 2, 8))
-  np.testing.assert_allclose(logits, expected, atol=1e-5)
-  np.testing.assert_allclose(cached.logits, expected_cached.logits, atol=1e-5)
+  assert_close_programs(logits, expected)
+  assert_close_programs(cached.logits, expected_cached.logits)
   assert cached.cache.keys[0].sharding.spec[2] == 'tensor'  # the cache follows the kv_heads rule
 
 
@@ -53,3 +55,19 @@ def test_siglip_params_are_sharded(tmp_path, mesh):
   assert params['patch_embedding']['kernel'].sharding.spec == P(None, None, None, 'fsdp')
   assert params['layers_0']['mlp']['fc1']['kernel'].sharding.spec == P('fsdp', 'tensor')
   assert params['head']['attention']['in_proj']['kernel'].sharding.spec == P('fsdp', None, 'tensor', None)
+
+
+def test_a_mesh_axis_that_does_not_divide_is_replicated_as_in_the_trainer(tmp_path):
+  """tensor=4 does not divide Qwen2's 2 KV heads: those dimensions are replicated, exactly as the trainer's
+  logical_shardings place them (with the trainer's default rules when none are given)."""
+  save_qwen2(tmp_path, tied=False)
+  mesh = jax.make_mesh((2, 4), ('fsdp', 'tensor'), axis_types=(AxisType.Auto,) * 2)
+  module, params, config = from_pretrained(tmp_path)
+  _, sharded, _ = from_pretrained(tmp_path, mesh=mesh)
+  attention = sharded['layers_0']['self_attn']
+  assert attention['k_proj']['kernel'].sharding.spec == P('fsdp', None, None)
+  assert attention['q_proj']['kernel'].sharding.spec == P('fsdp', 'tensor', None)
+  boxed = jax.eval_shape(module.init, jax.random.key(0), jnp.zeros((1, 1), jnp.int32))['params']
+  trainer = logical_shardings(boxed, mesh, rules_from_config(DEFAULT_RULES, mesh))
+  assert jax.tree.map(lambda x: x.sharding, sharded) == trainer
+  jax.tree.map(np.testing.assert_array_equal, sharded, params)

@@ -1,6 +1,8 @@
 """LLaVA-OneVision training (arXiv 2408.03326): SigLIP-so400m + 2-layer GELU projector + Qwen2, stages 1 to OV.
 
-get_config('variant=0.5b|7b|72b,stage=stage1|stage1.5|si|ov,mode=default|smoke,examples=N')
+get_config('size=0.5b|7b|72b,stage=stage1|stage1.5|si|ov,variant=default|smoke,examples=N')
+
+size: the model size; variant: the paper's run (default), or a tiny random model on generated data (smoke).
 
   stage     data (paper)                  trainable    peak LR (vision / rest)  visual layout        max crops
   stage1    LCS-558K                      projector    frozen / 1e-3 (LLM frozen)  one 384 crop, 729 tokens  1
@@ -19,29 +21,32 @@ replies only.
 Weights: a run starts from an mmjax params checkpoint (`--config.init_from`), e.g. an HF llava_onevision directory
 converted with `launch.py --mode convert`; the tokenizer and image preprocessing come from an HF directory
 (`--config.data.processor`: tokenizer.json, preprocessor_config.json; its config.json, when present, is checked
-against the variant's sizes). Each stage starts from the previous stage's workdir (init_from accepts a training
-workdir). Stage 1 needs a llava_onevision directory holding the pretrained SigLIP-so400m (26 layers) and
-Qwen2-Instruct weights with a fresh projector; the llava-hf checkpoints are the practical starting points.
+against the model size's dimensions). Each stage starts from the previous stage's workdir (init_from accepts a
+training workdir). Stage 1 composes its start from the two pretrained HF folders, SigLIP-so400m (its 27th layer and
+pooling head are not used) and Qwen2-Instruct, with a fresh random projector:
+  --config.init_from='vision_tower=HF/siglip-so400m-patch14-384;language_model=HF/Qwen2-0.5B-Instruct'
+(a config file can also skip tensors: {'vision_tower': {'source': DIR, 'skip': 'head/.*|layers_26/.*'}}).
 
   # 80 s on an idle 2-core CPU: a tiny random model on the generated shapes set (works with every stage)
-  python launch.py --config configs/llava_onevision.py:variant=0.5b,stage=ov,mode=smoke --workdir runs/ov_smoke
+  python launch.py --config configs/llava_onevision.py:size=0.5b,stage=ov,variant=smoke --workdir runs/ov_smoke
   # HF checkpoint -> mmjax params checkpoint (once)
   python launch.py --mode convert --convert_from HF/llava-onevision-qwen2-0.5b-si-hf --convert_to runs/ov05_si_params
   # OV stage from the SI checkpoint on a LLaVA-NeXT YAML mixture (json_path + sampling_strategy per dataset)
-  python launch.py --config configs/llava_onevision.py:variant=0.5b,stage=ov,examples=N --workdir runs/ov05_ov \\
+  python launch.py --config configs/llava_onevision.py:size=0.5b,stage=ov,examples=N --workdir runs/ov05_ov \\
       --config.init_from=runs/ov05_si_params --config.data.processor=HF/llava-onevision-qwen2-0.5b-si-hf \\
       --config.model.text.vocab_size=152000 --config.data.mixture=onevision.yaml --config.data.image_root=DATA
   # stage 1: projector only, on LCS-558K (blip_laion_cc_sbu_558k.json + images/)
-  python launch.py --config configs/llava_onevision.py:variant=0.5b,stage=stage1,examples=558128 \\
-      --workdir runs/ov05_s1 --config.init_from=INIT_PARAMS --config.data.processor=HF_INIT \\
+  python launch.py --config configs/llava_onevision.py:size=0.5b,stage=stage1,examples=558128 \\
+      --workdir runs/ov05_s1 --config.init_from='vision_tower=SIGLIP;language_model=QWEN2' \\
+      --config.data.processor=HF_INIT \\
       --config.data.json=LCS/blip_laion_cc_sbu_558k.json --config.data.image_root=LCS/images
   # the next stage starts from the last one's workdir
-  python launch.py --config configs/llava_onevision.py:variant=0.5b,stage=stage1.5,examples=N \\
+  python launch.py --config configs/llava_onevision.py:size=0.5b,stage=stage1.5,examples=N \\
       --workdir runs/ov05_s15 --config.init_from=runs/ov05_s1 --config.data.processor=HF_INIT \\
       --config.data.mixture=mid_stage.yaml --config.data.image_root=DATA
   # back to HF: the report writes config.json and the processor files into WORKDIR/hf
-  python launch.py --mode convert --convert_from runs/ov05_ov --convert_to runs/ov05_ov/hf --hf_config runs/ov05_ov/hf
-  # 7B / 72B: variant=7b / variant=72b (72B shards heads, MLP and vocabulary 8-way: run it on 8-GPU nodes)
+  python launch.py --mode convert --convert_from runs/ov05_ov --convert_to runs/ov05_ov_hf --hf_config runs/ov05_ov/hf
+  # 7B / 72B: size=7b / size=72b (72B shards heads, MLP and vocabulary 8-way: run it on 8-GPU nodes)
 
 Sharding (SigLIP, projector and Qwen2 alike): parameters' 'embed' axis over the 'fsdp' mesh axis (FSDP), heads,
 KV heads, MLP and vocabulary over 'tensor' (tensor parallelism); batches over data x fsdp. 0.5B and 7B are fully
@@ -101,18 +106,19 @@ def _optim_groups(c: ml_collections.ConfigDict, stage: str, rest_lr: float, visi
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
-  arg = parse_arg(arg, variant='0.5b', stage='ov', mode='default', examples=0)
-  if arg.variant not in TEXT:
-    raise ValueError(f"variant must be one of {sorted(TEXT)}, got {arg.variant!r}")
+  arg = parse_arg(arg, size='0.5b', stage='ov', variant='default', examples=0)
+  if arg.size not in TEXT:
+    raise ValueError(f"size must be one of {sorted(TEXT)}, got {arg.size!r}")
   if arg.stage not in STAGE_EXAMPLES:
     raise ValueError(f"stage must be one of {list(STAGE_EXAMPLES)}, got {arg.stage!r}")
-  if arg.mode not in ('default', 'smoke'):
-    raise ValueError(f"mode must be 'default' or 'smoke', got {arg.mode!r}")
-  smoke = arg.mode == 'smoke'
+  if arg.variant not in ('default', 'smoke'):
+    hint = f' (the model size is size={arg.variant})' if arg.variant in TEXT else ''
+    raise ValueError(f"variant must be 'default' or 'smoke', got {arg.variant!r}{hint}")
+  smoke = arg.variant == 'smoke'
   c = base_config()
   c.experiment = 'experiments.llava_onevision.experiment'
-  c.mode = arg.mode
-  c.model = _model(SMOKE_TEXT, SMOKE_VISION) if smoke else _model(TEXT[arg.variant], VISION)
+  c.variant = arg.variant
+  c.model = _model(SMOKE_TEXT, SMOKE_VISION) if smoke else _model(TEXT[arg.size], VISION)
   c.model.init_std = 0.02  # random init only: std of the decoder's matrices (HF initializer_range)
 
   c.data = ml_collections.ConfigDict()
@@ -141,7 +147,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.eval.report_examples = 8  # predictions written to WORKDIR/predictions.jsonl
 
   examples = arg.examples or STAGE_EXAMPLES[arg.stage]
-  c.batch_size = 512 if arg.variant == '0.5b' or arg.stage == 'stage1' else 256
+  c.batch_size = 512 if arg.size == '0.5b' or arg.stage == 'stage1' else 256
   c.total_steps = math.ceil(examples / c.batch_size)
   c.optim.warmup_steps = math.ceil(WARMUP_RATIO * c.total_steps)
   c.optim.schedule = 'cosine'
@@ -150,7 +156,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   _optim_groups(c, arg.stage, PROJECTOR_LR if arg.stage == 'stage1' else REST_LR, VISION_LR)
   c.compute_dtype = 'bfloat16'
   c.remat = True
-  c.mesh = {'data': 1, 'fsdp': -1, 'tensor': 8 if arg.variant == '72b' else 1}
+  c.mesh = {'data': 1, 'fsdp': -1, 'tensor': 8 if arg.size == '72b' else 1}
   c.log_every = 10
   c.eval_every = 0
   c.ckpt_every = 500

@@ -6,14 +6,14 @@ prediction, wrong for either gold class, and is counted in `unparsed`.
 """
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
+from experiments.coverbench.data import CoverBenchExample
+from experiments.coverbench.prompts import REPROMPT, parse_verdict, render
 from mmjax.evals.fitting import truncate_left
 from mmjax.evals.metrics import binary_f1, macro_f1
 from mmjax.evals.prompt import Prompt, Responder, fits
 from mmjax.evals.report import Chart, Scores, Table
-from experiments.coverbench.data import CoverBenchExample
-from experiments.coverbench.prompts import REPROMPT, parse_verdict, render
 
 
 def verdict(record: dict) -> bool | None:

@@ -23,11 +23,11 @@ from typing import Any
 
 import numpy as np
 
+from experiments.llava_onevision import visual_taps
 from mmjax.data.chat_masking import IGNORE_INDEX, ChatTokenIds, tokenize_conversation
 from mmjax.models import anyres
 from mmjax.models.llava_image_processing import preprocess_image, preprocess_video
 from mmjax.models.llava_processor import LlavaOnevisionProcessor
-from experiments.llava_onevision import visual_taps
 
 LAYOUTS = ('flat', 'anyres')
 _OPTION = re.compile(r'^([A-Z])\.\s(.*)$', re.MULTILINE)

@@ -6,7 +6,7 @@ Loss: next-token cross-entropy averaged over the batch's supervised tokens (labe
 'option_accuracy' ranks the options' texts by their log-likelihood as the reply to the question without the option
 list (the smoke run trains on such open answers). Report: the first
 predictions as JSON lines and the processor files (config.json, tokenizer, preprocessor) in WORKDIR/hf, which
-`launch.py --mode convert --convert_from WORKDIR --convert_to WORKDIR/hf --hf_config WORKDIR/hf` completes with
+`launch.py --mode convert --convert_from WORKDIR --convert_to WORKDIR_hf --hf_config WORKDIR/hf` completes with
 the weights into an HF directory the next stage starts from.
 """
 from __future__ import annotations
@@ -23,13 +23,12 @@ import ml_collections
 import numpy as np
 import optax
 
+from experiments.llava_onevision import model as model_lib, sources
+from experiments.llava_onevision.data import ExampleEncoder, VisualLayout, multiple_choice, option_replies
+from experiments.llava_onevision.tokenizer import smoke_processor
 from mmjax.data import IGNORE_INDEX, make_eval_pipeline, make_pipeline
 from mmjax.models.llava_processor import LlavaOnevisionProcessor
 from mmjax.train import Context, Experiment
-from experiments.llava_onevision import model as model_lib
-from experiments.llava_onevision import sources
-from experiments.llava_onevision.data import ExampleEncoder, VisualLayout, multiple_choice, option_replies
-from experiments.llava_onevision.tokenizer import smoke_processor
 
 PROCESSOR_FILES = ('tokenizer.json', 'tokenizer_config.json', 'special_tokens_map.json', 'preprocessor_config.json',
                    'processor_config.json', 'chat_template.json', 'chat_template.jinja')
@@ -39,12 +38,12 @@ def make_processor(config: ml_collections.ConfigDict, train, evaluation) -> Llav
   """The processor of data.processor, or (smoke) a word-level one over the texts of the shapes sets."""
   if config.data.processor:
     processor = LlavaOnevisionProcessor.from_pretrained(config.data.processor)
-  elif config.mode == 'smoke':
+  elif config.variant == 'smoke':
     texts = sources.conversation_texts(train) + (sources.conversation_texts(evaluation) if evaluation else [])
     processor = smoke_processor(texts, config.model.vision.image_size, config.model.vision.patch_size)
   else:
     raise ValueError('config.data.processor must name an HF llava_onevision directory (tokenizer.json, '
-                     'preprocessor_config.json); only mode=smoke builds its own tokenizer')
+                     'preprocessor_config.json); only variant=smoke builds its own tokenizer')
   crop = processor.image_config.crop_size
   if crop != config.model.vision.image_size:
     raise ValueError(f'the processor crops {crop} px, config.model.vision.image_size is '
@@ -84,8 +83,8 @@ def make_experiment(config: ml_collections.ConfigDict) -> Experiment:
   encoder = ExampleEncoder(processor, layout, max_length=config.data.max_length, masking=config.data.loss_masking)
   logits_fn = model_lib.logits_fn(module)
 
-  def loss_fn(params, batch, rng):
-    del rng  # no dropout
+  def loss_fn(params, batch, rng, step):
+    del rng, step  # no dropout, no step-dependent loss
     return token_loss(logits_fn(params, batch), batch['labels'])
 
   train_data = make_pipeline(train_src, global_batch_size=config.batch_size, seed=config.seed, transform=encoder)

@@ -8,13 +8,11 @@ import tempfile
 from pathlib import Path
 
 import ml_collections
-
 import numpy as np
 
 from mmjax.data import LlavaJsonSource, load_mixture, write_llava_dataset
 from mmjax.data.mixture import MixtureSource
 from mmjax.data.shapes import LETTERS, caption, make_examples, random_scene
-
 
 FORMATS = {'captions': 'captions', 'train': 'answers', 'eval': 'choices'}  # cache names say what a split holds
 
@@ -97,7 +95,7 @@ def shapes_mixture(shapes: ml_collections.ConfigDict) -> Path:
 
 
 def train_source(config: ml_collections.ConfigDict) -> LlavaJsonSource | MixtureSource:
-  """data.mixture, data.json, or (mode=smoke with neither) the generated shapes set's train split."""
+  """data.mixture, data.json, or (variant=smoke with neither) the generated shapes set's train split."""
   d = config.data
   if d.json and d.mixture:
     raise ValueError(f'set one of config.data.json ({d.json}) and config.data.mixture ({d.mixture}), not both')
@@ -106,16 +104,16 @@ def train_source(config: ml_collections.ConfigDict) -> LlavaJsonSource | Mixture
     return load_mixture(d.mixture, config.seed, image_root=root, max_frames=d.max_frames)
   if d.json:
     return LlavaJsonSource(d.json, root, max_frames=d.max_frames)
-  if config.mode == 'smoke':
+  if config.variant == 'smoke':
     return load_mixture(shapes_mixture(d.shapes), config.seed)
   raise ValueError('config.data.json or config.data.mixture must name the training data')
 
 
 def eval_source(config: ml_collections.ConfigDict) -> LlavaJsonSource | None:
-  """eval.json, the shapes set's eval split (mode=smoke on the shapes set), or None (no evaluator)."""
+  """eval.json, the shapes set's eval split (variant=smoke on the shapes set), or None (no evaluator)."""
   if config.eval.json:
     return LlavaJsonSource(config.eval.json, config.eval.image_root or None, max_frames=config.data.max_frames)
-  if config.mode == 'smoke' and not (config.data.json or config.data.mixture):
+  if config.variant == 'smoke' and not (config.data.json or config.data.mixture):
     return LlavaJsonSource(shapes_json(config.data.shapes, 'eval'))
   return None
 

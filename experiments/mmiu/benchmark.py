@@ -10,18 +10,18 @@ from __future__ import annotations
 
 import collections
 import os
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
 
+from experiments.mmiu.data import MMIUExample, resolve_image
+from experiments.mmiu.judge import judge_prompt, parse_judgement
+from experiments.mmiu.tasks import QUESTION_FIRST, RELATIONS
 from mmjax.evals.choice import match_choice
 from mmjax.evals.fitting import subsample_images
 from mmjax.evals.metrics import accuracy, group_mean, mean
 from mmjax.evals.prompt import Prompt, Responder, fits
 from mmjax.evals.report import Chart, Scores, Table
-from experiments.mmiu.data import MMIUExample, resolve_image
-from experiments.mmiu.judge import judge_prompt, parse_judgement
-from experiments.mmiu.tasks import QUESTION_FIRST, RELATIONS
 
 ANSWER_INSTRUCTION = '\nPlease answer the option directly like A,B,C,D...'
 # Responses that the official runner writes when it could not ask the model: scored as no answer.

@@ -12,9 +12,9 @@ from __future__ import annotations
 import dataclasses
 import os
 
+from experiments.mmiu.tasks import RELATION_OF_KEY, RELATIONS, paper_task
 from mmjax.evals.choice import parse_options
 from mmjax.evals.records import read_records
-from experiments.mmiu.tasks import RELATION_OF_KEY, RELATIONS, paper_task
 
 
 @dataclasses.dataclass(frozen=True)

@@ -7,7 +7,7 @@ The official judge is gpt-4o-mini; any text `Responder` can stand in for it
 """
 from __future__ import annotations
 
-from typing import Mapping
+from collections.abc import Mapping
 
 from mmjax.evals.choice import clean_response
 from mmjax.evals.prompt import Prompt

@@ -12,8 +12,8 @@ import os
 
 import numpy as np
 
-from mmjax.data.shapes import random_scene
 from experiments.mmiu.tasks import RELATION_OF_KEY
+from mmjax.data.shapes import random_scene
 
 SMOKE_KEYS = ('forensic_detection_blink', 'forensic_detection_forgerynet', 'spot_the_diff',
               'emotion_recognition_expw', 'temporal_ordering', 'jigsaw_puzzle_solving',

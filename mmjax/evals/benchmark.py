@@ -1,7 +1,8 @@
 """The benchmark interface the runner drives."""
 from __future__ import annotations
 
-from typing import Protocol, Sequence
+from collections.abc import Sequence
+from typing import Protocol
 
 from mmjax.evals.prompt import Prompt, Responder
 from mmjax.evals.report import Scores

@@ -20,7 +20,7 @@ step 1, where 'a' cannot be the English article.
 from __future__ import annotations
 
 import re
-from typing import Mapping
+from collections.abc import Mapping
 
 _OPTION_LINE = re.compile(r'^\(?([A-Z])[:.)]\s?(.*)$')
 _EDGE_PUNCT = re.compile(r'^[\s.,()\[\]\'"]+|[\s.,()\[\]\'"]+$')

@@ -1,7 +1,7 @@
 """Making prompts fit a model's window: left truncation of a text, random image subsampling."""
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import numpy as np
 

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import math
 import zlib
-from typing import Sequence
+from collections.abc import Sequence
 
 from mmjax.evals.prompt import Prompt
 

@@ -1,7 +1,7 @@
 """Benchmark metrics, in percent: accuracy, macro averages over groups, binary macro-F1."""
 from __future__ import annotations
 
-from typing import Hashable, Mapping, Sequence
+from collections.abc import Hashable, Mapping, Sequence
 
 
 def accuracy(correct: Sequence[bool]) -> float:

@@ -4,12 +4,8 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
-from typing import Any, Mapping, Sequence
-
-import matplotlib
-
-matplotlib.use('Agg')
-import matplotlib.pyplot as plt  # noqa: E402
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 
 @dataclasses.dataclass(frozen=True)
@@ -58,6 +54,9 @@ def markdown(title: str, tables: Sequence[Table]) -> str:
 
 def bar_chart(path: str, chart: Chart) -> None:
   """Writes `chart` as a PNG."""
+  import matplotlib  # here, not at the top: the configs and launch.py import mmjax.evals and must start fast
+  matplotlib.use('Agg')
+  import matplotlib.pyplot as plt
   names = list(chart.values)
   fig, ax = plt.subplots(figsize=(9, 2 + 0.28 * len(names)))
   groups = [chart.groups[n] for n in names] if chart.groups else [''] * len(names)

@@ -6,7 +6,7 @@ turn of the ChatML template (system message first), `Prompt.assistant_prefix` th
 placeholder per image, all images first, then the text; `LlavaOnevisionProcessor` expands the placeholders (one
 crop per image when a prompt has several, AnyRes for a single image) and preprocesses the PIL images.
 
-Both load what `mmjax.cli_generate.load_model` loads: an HF directory, or an mmjax trainer workdir whose
+Both load what `mmjax.weights.load_model.load_model` loads: an HF directory, or an mmjax trainer workdir whose
 architecture and tokenizer come from the HF directory `base`. A continuation ends at the checkpoint's EOS ids
 (generation_config.json, else config.json) or at `<|im_end|>`, the end of a ChatML turn.
 `max_context_tokens` is the model's window (or the smaller `context_tokens`) less `max_new_tokens`, so that a
@@ -15,17 +15,17 @@ benchmark fits each prompt before asking (CoverBench cuts its context from the l
 from __future__ import annotations
 
 import abc
-import os
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 from absl import logging
 
-from mmjax.cli_generate import LoadedModel, hf_directory, load_model
 from mmjax.data.chat_masking import DEFAULT_SYSTEM_MESSAGE, render_chatml
 from mmjax.evals.prompt import Prompt
 from mmjax.generate import as_adapter, generate
 from mmjax.models.llava_image_processing import load_rgb
+from mmjax.weights.load_model import LoadedModel, hf_directory, load_model
 
 CHAT_END = '<|im_end|>'
 
@@ -34,11 +34,6 @@ def _load(checkpoint: str, base: str | None, dtype: str) -> LoadedModel:
   if not checkpoint:
     raise ValueError('no checkpoint: set --config.checkpoint to an HF directory (config.json, safetensors, '
                      'tokenizer.json) or an mmjax trainer workdir (with --config.base=HF_DIR)')
-  if not os.path.isdir(checkpoint):
-    raise FileNotFoundError(f'checkpoint {checkpoint}: no such directory')
-  if base and not os.path.isfile(os.path.join(base, 'config.json')):
-    raise FileNotFoundError(f'base {base}: no config.json there (it must be an HF directory)')
-  logging.info('Loading %s', checkpoint)
   return load_model(checkpoint, base or None, dtype)
 
 

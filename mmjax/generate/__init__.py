@@ -1,4 +1,7 @@
-"""mmjax.generate: KV-cache decoding engine (sampling, beam search, scoring) for every mmjax decoder."""
+"""mmjax.generate: KV-cache decoding engine (sampling, beam search, scoring) for every mmjax decoder.
+
+Its command line, `python -m mmjax.generate.cli` (batch JSONL and chat), is not imported here.
+"""
 from mmjax.generate.adapters import DecoderAdapter, Qwen2Adapter, as_adapter
 from mmjax.generate.beam_search import Hypothesis, beam_search
 from mmjax.generate.compiles import compile_counts

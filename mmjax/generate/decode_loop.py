@@ -9,6 +9,7 @@ so a caller can stream by running it in chunks; one call with until = budget is 
 import functools
 from typing import Any
 
+import chex
 import flax.struct
 import jax
 import jax.numpy as jnp
@@ -64,7 +65,10 @@ def prefill(adapter: DecoderAdapter, params: Any, tokens: jax.Array, lengths: ja
   """
   record('prefill', rows=tokens.shape[0], prompt_len=tokens.shape[1], cache_len=cache_len)
   cache = adapter.init_cache(tokens.shape[0], cache_len)
-  return adapter.prefill(params, tokens, lengths, cache, **array_inputs, **dict(static_inputs))
+  logits, cache = adapter.prefill(params, tokens, lengths, cache, **array_inputs, **dict(static_inputs))
+  # The adapter contract: one row of last-token logits per prompt (not [B, P, V]), which the loop samples from.
+  chex.assert_shape(logits, (tokens.shape[0], adapter.vocab_size))
+  return logits, cache
 
 
 def prefill_prompts(adapter: DecoderAdapter, params: Any, fitted: list, max_new_tokens: int, model_inputs: dict

@@ -1,5 +1,5 @@
 """A deterministic Responder for harness tests: a Python function answers, and calls are counted."""
-from typing import Callable, Sequence
+from collections.abc import Callable, Sequence
 
 from mmjax.evals import Prompt
 

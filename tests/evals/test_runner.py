@@ -4,8 +4,19 @@ import os
 
 import pytest
 
-from mmjax.evals import (Chart, Prompt, ResponseLog, Scores, Table, accuracy, evaluate, format_ids,
-                         generate, read_responses, score_file)
+from mmjax.evals import (
+  Chart,
+  Prompt,
+  ResponseLog,
+  Scores,
+  Table,
+  accuracy,
+  evaluate,
+  format_ids,
+  generate,
+  read_responses,
+  score_file,
+)
 from tests.evals.fakes import FakeResponder
 
 
@@ -73,6 +84,34 @@ def test_changed_settings_refuse_the_workdir(tmp_path):
   with pytest.raises(ValueError, match="different run .*data: 'a' then, 'b' now"):
     generate(ToyBench(2), FakeResponder(_answer), str(tmp_path), batch_size=2,
              run_info={'data': 'b'}, progress=False)
+
+
+class LongLastBench(ToyBench):
+  """ToyBench whose last example needs a window of at least 10 tokens."""
+
+  def prompt(self, index, responder):
+    if index == self.n - 1 and responder.max_context_tokens < 10:
+      raise ValueError(f'toy example {index} does not fit a window of {responder.max_context_tokens}')
+    return super().prompt(index, responder)
+
+
+def test_a_run_that_failed_before_answering_does_not_block_the_corrected_rerun(tmp_path):
+  small = FakeResponder(_answer, max_context_tokens=5)
+  with pytest.raises(ValueError, match='toy example 3 does not fit'):
+    generate(LongLastBench(4), small, str(tmp_path), batch_size=2, run_info={'window': 5}, progress=False)
+  assert small.calls == 0, 'every prompt is built before the model answers any'
+  assert not os.path.exists(tmp_path / 'run_info.json')
+  records, _ = generate(LongLastBench(4), FakeResponder(_answer, max_context_tokens=50), str(tmp_path),
+                        batch_size=2, run_info={'window': 50}, progress=False)
+  assert [r['id'] for r in records] == [0, 1, 2, 3]
+  assert json.load(open(tmp_path / 'run_info.json')) == {'window': 50}
+
+
+def test_run_info_left_by_a_run_without_responses_is_replaced(tmp_path):
+  (tmp_path / 'run_info.json').write_text(json.dumps({'window': 5}))
+  generate(ToyBench(2), FakeResponder(_answer), str(tmp_path), batch_size=2, run_info={'window': 50},
+           progress=False)
+  assert json.load(open(tmp_path / 'run_info.json')) == {'window': 50}
 
 
 def test_partial_last_line_is_dropped(tmp_path):

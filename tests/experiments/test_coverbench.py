@@ -9,7 +9,7 @@ import pytest
 from configs.coverbench import get_config
 from experiments.coverbench.benchmark import CoverBenchBenchmark, random_baseline
 from experiments.coverbench.data import CoverBenchExample, load_coverbench
-from experiments.coverbench.experiment import run
+from experiments.coverbench.experiment import PROGRAMS
 from experiments.coverbench.prompts import REPROMPT, parse_verdict, render
 from experiments.coverbench.synthetic import write_synthetic_coverbench
 from mmjax.evals import evaluate
@@ -148,13 +148,13 @@ def _write(path, answers):
       f.write(json.dumps({'id': i, 'response': a}) + '\n')
 
 
-def test_score_mode_and_id_errors(data, tmp_path):
+def test_score_program_and_id_errors(data, tmp_path):
   path, records = data
   responses = tmp_path / 'r.jsonl'
   _write(responses, [(i, 'Correct' if r['label'] else 'Incorrect') for i, r in enumerate(records)])
-  config = get_config('mode=score')
+  config = get_config()
   config.data_file, config.responses = path, str(responses)
-  s = run(config, str(tmp_path / 'out'), 'train')
+  s = PROGRAMS['score'](config, str(tmp_path / 'out'))
   assert {'macro_f1', 'per_source', 'n', 'unparsed'} <= set(s)
   assert s['macro_f1'] == 100.0 and set(s['per_source']) == {'FinQA', 'TabFact', 'ContractNLI'}
   for name in ('summary.json', 'summary.md', 'summary.png'):
@@ -162,22 +162,22 @@ def test_score_mode_and_id_errors(data, tmp_path):
   _write(responses, [(0, 'Correct'), (0, 'Correct'), (25, 'Correct')])
   with pytest.raises(ValueError, match=r'missing ids \(19\): 1-19; duplicate ids \(1\): 0; '
                                        r'ids not in the data \(0..19\) \(1\): 25'):
-    run(config, str(tmp_path / 'out'), 'train')
+    PROGRAMS['score'](config, str(tmp_path / 'out'))
 
 
-def test_smoke_mode_truncates_and_reprompts(tmp_path):
-  config = get_config('mode=smoke')
+def test_smoke_variant_truncates_and_reprompts(tmp_path):
+  config = get_config('variant=smoke')
   config.progress_bar = False
-  s = run(config, str(tmp_path), 'train')
+  s = PROGRAMS['generate'](config, str(tmp_path))
   assert s['n'] == 20 and s['truncated'] == 20 and s['reprompted'] > 0
 
 
-def test_launch_score_mode(data, tmp_path):
+def test_launch_score_program(data, tmp_path):
   path, records = data
   responses = tmp_path / 'r.jsonl'
   _write(responses, [(i, 'Correct') for i in range(len(records))])
   out = subprocess.run(
-      [sys.executable, 'launch.py', '--config', 'configs/coverbench.py:mode=score,prompt=cot',
+      [sys.executable, 'launch.py', '--config', 'configs/coverbench.py:prompt=cot', '--mode=score',
        f'--config.data_file={path}', f'--config.responses={responses}', '--workdir', str(tmp_path / 'w')],
       cwd=ROOT, capture_output=True, text=True, timeout=120,
       env={**os.environ, 'JAX_PLATFORMS': 'cpu'})

@@ -13,6 +13,10 @@ from jax.sharding import AbstractMesh, NamedSharding, PartitionSpec as P
 from PIL import Image
 
 from configs.llava_onevision import get_config
+from experiments.llava_onevision import model as model_lib, visual_taps
+from experiments.llava_onevision.data import ExampleEncoder, VisualLayout
+from experiments.llava_onevision.experiment import make_experiment
+from experiments.llava_onevision.tokenizer import smoke_processor
 from mmjax.data import IGNORE_INDEX, ImageReadError, LlavaJsonSource, write_llava_dataset
 from mmjax.models import anyres
 from mmjax.models.llava_image_processing import preprocess_image
@@ -20,11 +24,7 @@ from mmjax.train.config import group
 from mmjax.train.mesh import resolve_axis_sizes
 from mmjax.train.optimizer import DEFAULT_GROUP, make_optimizer
 from mmjax.train.sharding import logical_shardings, rules_from_config
-from experiments.llava_onevision import model as model_lib
-from experiments.llava_onevision import visual_taps
-from experiments.llava_onevision.data import ExampleEncoder, VisualLayout
-from experiments.llava_onevision.experiment import make_experiment
-from experiments.llava_onevision.tokenizer import smoke_processor
+from tests.numerics import assert_close_programs
 
 STAGES = ('stage1', 'stage1.5', 'si', 'ov')
 
@@ -55,11 +55,12 @@ def _labels_of(optim, params, total_steps):
 
 @pytest.mark.parametrize('variant', ['0.5b', '7b', '72b'])
 def test_stages_train_the_paper_groups_at_the_paper_rates(variant):
-  module, params = _smoke_model(smoke_processor(['a'], 48, 16), get_config('mode=smoke'))
+  module, params = _smoke_model(smoke_processor(['a'], 48, 16), get_config('variant=smoke'))
   for stage in STAGES:
-    c = get_config(f'variant={variant},stage={stage}')
+    c = get_config(f'size={variant},stage={stage}')
     opt, groups = _labels_of(c.optim, params, c.total_steps)
-    assert groups == {'vision_tower': {'vision'}, 'language_model': {'language' if stage == 'stage1' else DEFAULT_GROUP},
+    language = 'language' if stage == 'stage1' else DEFAULT_GROUP
+    assert groups == {'vision_tower': {'vision'}, 'language_model': {language},
                       'multi_modal_projector': {DEFAULT_GROUP}, 'image_newline': {DEFAULT_GROUP}}, stage
     peak = {name: float(s(c.optim.warmup_steps)) for name, s in opt.schedules.items()}
     if stage == 'stage1':
@@ -73,16 +74,16 @@ def test_stages_train_the_paper_groups_at_the_paper_rates(variant):
     assert c.optim.warmup_steps == math.ceil(0.03 * c.total_steps)
     assert float(opt.schedules[DEFAULT_GROUP](c.total_steps)) == pytest.approx(0.0, abs=1e-12)  # cosine to 0
     assert c.optim.weight_decay == 0.0
-  si = get_config(f'variant={variant},stage=si')
+  si = get_config(f'size={variant},stage=si')
   assert si.data.max_crops == 37 and si.data.anyres_max == 9 and len(si.data.grids) == 36
-  assert get_config(f'variant={variant},stage=stage1.5').data.max_crops == 5
-  sized = get_config(f'variant={variant},stage=ov,examples=10000')
+  assert get_config(f'size={variant},stage=stage1.5').data.max_crops == 5
+  sized = get_config(f'size={variant},stage=ov,examples=10000')
   assert sized.total_steps == math.ceil(10000 / sized.batch_size)
   assert sized.optim.warmup_steps == math.ceil(0.03 * sized.total_steps)
 
 
 def _real_abstract(variant):
-  c = get_config(f'variant={variant},stage=ov')
+  c = get_config(f'size={variant},stage=ov')
   cfg = model_lib.model_config(c, 151646, 151647)
   return c, cfg, jax.eval_shape(model_lib.random_init(model_lib.make_module(cfg, c)), jax.random.PRNGKey(0))
 
@@ -156,7 +157,7 @@ def test_anyres_taps_equal_the_model_packing(size):
   bank = np.concatenate([features.reshape(-1, 3), newline[None]])
   index, weight = visual_taps.anyres_taps(layout, 2, newline_row)
   want = anyres.pack_anyres(jnp.asarray(features[2:2 + layout.num_crops]), layout, jnp.asarray(newline))
-  np.testing.assert_allclose((bank[index] * weight[..., None]).sum(1), want, atol=1e-5)
+  assert_close_programs((bank[index] * weight[..., None]).sum(1), want)
   if size == (200, 60):
     assert layout.reduced is not None  # the max-9 bilinear reduction is covered
 
@@ -167,17 +168,17 @@ def test_single_and_video_taps_equal_the_model_packing():
   newline = rng.normal(size=3).astype(np.float32)
   bank = np.concatenate([features.reshape(-1, 3), newline[None]])
   tapped = lambda taps: (bank[taps[0]] * taps[1][..., None]).sum(1)  # noqa: E731
-  np.testing.assert_allclose(tapped(visual_taps.single_taps(3, side, 96)),
-                             anyres.pack_single(jnp.asarray(features[3]), jnp.asarray(newline)), atol=1e-6)
+  assert_close_programs(tapped(visual_taps.single_taps(3, side, 96)),
+                        anyres.pack_single(jnp.asarray(features[3]), jnp.asarray(newline)))
   video = anyres.pack_video(jnp.asarray(features[1:6])[None], side, jnp.asarray(newline))[0]
-  np.testing.assert_allclose(tapped(visual_taps.video_taps(1, 5, side, 96)), video, atol=1e-5)
+  assert_close_programs(tapped(visual_taps.video_taps(1, 5, side, 96)), video)
 
 
 def test_encoded_examples_embed_as_the_model_does(shapes, tmp_path):
   """Single images (non-square, AnyRes with unpadding), multi-image samples and a video: the tapped embeddings
   equal LlavaOnevisionForConditionalGeneration.embed on the same tokens."""
   path, processor = shapes
-  config = get_config('mode=smoke')
+  config = get_config('variant=smoke')
   module, params = _smoke_model(processor, config)
   source = LlavaJsonSource(path)
   singles = [source[i] for i in range(len(source)) if len(source[i]['images']) == 1]
@@ -205,7 +206,7 @@ def test_encoded_examples_embed_as_the_model_does(shapes, tmp_path):
     else:
       kwargs = dict(pixel_values_videos=batch['pixel_values'][:, :3])
     want = module.apply({'params': params}, batch['input_ids'], method=module.embed, **kwargs)
-    np.testing.assert_allclose(ours, want, atol=1e-5, err_msg=example['id'])
+    assert_close_programs(ours, want, msg=example['id'])
     assert int((out['tap_weight'].sum(-1) > 0).sum()) == int(np.isin(out['input_ids'], [
         processor.image_token_id, processor.video_token_id]).sum())
 
@@ -241,7 +242,7 @@ def test_token_loss_uses_the_shifted_supervised_tokens():
 
 def _data_config(path, stage='ov', **data):
   """The smoke config of `stage` on the LLaVA JSON at `path` (no generated sets, no evaluator)."""
-  config = get_config(f'stage={stage},mode=smoke')
+  config = get_config(f'stage={stage},variant=smoke')
   config.data.json = str(path)
   for k, v in data.items():
     config.data[k] = v
@@ -281,7 +282,7 @@ def hf_start(shapes, tmp_path_factory):
   from mmjax.weights import hf_to_orbax, save_pretrained
   _, processor = shapes
   root = tmp_path_factory.mktemp('hf_start')
-  config = get_config('mode=smoke')
+  config = get_config('variant=smoke')
   cfg = model_lib.model_config(config, processor.image_token_id, processor.video_token_id)
   _, params = _smoke_model(processor, config)
   write_processor_files(str(root / 'hf'), processor, cfg, config)
@@ -295,11 +296,11 @@ def _train(config, steps=1):
   from mmjax.train.trainer import TrainSetup
   setup = TrainSetup(config, make_experiment(config))
   state = setup.init_state(jax.random.PRNGKey(config.seed))
-  before = jax.tree.map(np.asarray, state['params'])
+  before = jax.tree.map(np.asarray, state.params)
   step, batches = setup.build_step(), make_iterator(setup.exp.train_data)
   for _ in range(steps):
     state, metrics = step(state, make_global_batch(next(batches), setup.batch_sharding))
-  return before, jax.tree.map(np.asarray, state['params']), jax.device_get(metrics)
+  return before, jax.tree.map(np.asarray, state.params), jax.device_get(metrics)
 
 
 @pytest.mark.parametrize('stage', ['stage1', 'ov'])
@@ -334,11 +335,36 @@ def test_training_starts_from_a_converted_hf_checkpoint(shapes, hf_start, tmp_pa
   config.optim.groups = {'everything': group('.', frozen=True)}
   config.progress_bar, config.async_checkpointing = False, False
   out = train_and_evaluate(config, str(tmp_path / 'run'))
-  for got, want in zip(jax.tree.leaves(out['state']['params']), jax.tree.leaves(params)):
+  for got, want in zip(jax.tree.leaves(out['state'].params), jax.tree.leaves(params)):
     np.testing.assert_array_equal(np.asarray(got), np.asarray(want))
   config.model.text.intermediate_size = 96
   with pytest.raises(ValueError, match='model.text.intermediate_size: config 96, checkpoint 128'):
     make_experiment(config)
+
+
+def test_training_composes_its_start_from_siglip_and_qwen2_folders(shapes, hf_start, tmp_path):
+  """LLaVA stage 1 from separate SigLIP and Qwen2 HF folders (config.init_from, as the command line writes it):
+  the towers hold exactly those weights, the projector is the fresh run's random init."""
+  from mmjax.train import train_and_evaluate
+  from mmjax.train.trainer import TrainSetup
+  from mmjax.weights import save_pretrained
+  path, processor = shapes
+  directory, _, params = hf_start
+  config = _data_config(path, stage='stage1', processor=str(directory))
+  cfg = model_lib.model_config(config, processor.image_token_id, processor.video_token_id)
+  save_pretrained(tmp_path / 'siglip', cfg.vision_config, params['vision_tower'])
+  save_pretrained(tmp_path / 'qwen2', cfg.text_config, params['language_model'])
+  config.init_from = f'vision_tower={tmp_path / "siglip"};language_model={tmp_path / "qwen2"}'
+  config.total_steps, config.batch_size, config.data.max_length = 1, 8, 160
+  config.optim.groups = {'everything': group('.', frozen=True)}
+  config.progress_bar, config.async_checkpointing = False, False
+  out = train_and_evaluate(config, str(tmp_path / 'run'))
+  got = out['state'].params
+  for name in ('vision_tower', 'language_model'):
+    jax.tree.map(np.testing.assert_array_equal, jax.tree.map(np.asarray, got[name]), params[name])
+  fresh = TrainSetup(config, make_experiment(config)).init_state(jax.random.PRNGKey(config.seed)).params
+  jax.tree.map(np.testing.assert_array_equal, jax.tree.map(np.asarray, got['multi_modal_projector']),
+               jax.tree.map(np.asarray, fresh['multi_modal_projector']))
 
 
 def test_mixture_source(shapes, tmp_path):
@@ -346,7 +372,7 @@ def test_mixture_source(shapes, tmp_path):
   path, _ = shapes
   (tmp_path / 'mix.yaml').write_text(f'datasets:\n  - json_path: {path}\n    sampling_strategy: first:10\n'
                                      f'  - json_path: {path}\n    sampling_strategy: random:50%\n')
-  config = get_config('mode=smoke')
+  config = get_config('variant=smoke')
   config.data.mixture = str(tmp_path / 'mix.yaml')
   assert len(train_source(config)) == 10 + 12
   config.data.json = str(path)
@@ -355,14 +381,14 @@ def test_mixture_source(shapes, tmp_path):
 
 
 def test_bad_config_arguments_and_keys_give_clear_errors():
-  for arg, valid in (('variant=1b', "'0.5b', '72b', '7b'"), ('stage=stage2', "'stage1', 'stage1.5', 'si', 'ov'"),
-                     ('mode=fast', "'default' or 'smoke'")):
+  for arg, valid in (('size=1b', "'0.5b', '72b', '7b'"), ('stage=stage2', "'stage1', 'stage1.5', 'si', 'ov'"),
+                     ('variant=fast', "'default' or 'smoke'"), ('variant=7b', 'the model size is size=7b')):
     with pytest.raises(ValueError, match=re.escape(valid)):
       get_config(arg)
-  with pytest.raises(ValueError, match="unknown config argument 'size'; valid: examples, mode, stage, variant"):
-    get_config('size=7b')
+  with pytest.raises(ValueError, match="unknown config argument 'mode'; valid: examples, size, stage, variant"):
+    get_config('mode=smoke')
   from tests.train.launcher import run_launch
-  proc = run_launch('/nonexistent', '--config.data.jsn=x.json', config='configs/llava_onevision.py:mode=smoke')
+  proc = run_launch('/nonexistent', '--config.data.jsn=x.json', config='configs/llava_onevision.py:variant=smoke')
   assert proc.returncode == 2
   assert "unknown config key 'data.jsn'; closest valid keys: data.json" in proc.stderr, proc.stderr[-2000:]
 
@@ -375,7 +401,7 @@ def test_smoke_run_learns_the_shapes(tmp_path):
   from tests.train.launcher import run_launch
   from tests.train.metrics_io import read_metrics
   workdir = tmp_path / 'run'
-  proc = run_launch(workdir, config='configs/llava_onevision.py:variant=0.5b,stage=ov,mode=smoke', timeout=600)
+  proc = run_launch(workdir, config='configs/llava_onevision.py:size=0.5b,stage=ov,variant=smoke', timeout=600)
   assert proc.returncode == 0, proc.stderr[-3000:]
   summary = json.loads(proc.stdout)
   losses = [row['loss'] for _, row in sorted(read_metrics(str(workdir)).items())]

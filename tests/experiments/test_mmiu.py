@@ -1,4 +1,4 @@
-"""MMIU: loading the official layouts, the official prompt, metrics against golden values, score mode."""
+"""MMIU: loading the official layouts, the official prompt, metrics against golden values, the score program."""
 import json
 import os
 import subprocess
@@ -9,7 +9,7 @@ import pytest
 from configs.mmiu import get_config
 from experiments.mmiu.benchmark import MMIUBenchmark, prompt_text
 from experiments.mmiu.data import MMIUExample, load_mmiu, normalise_path
-from experiments.mmiu.experiment import run
+from experiments.mmiu.experiment import PROGRAMS
 from experiments.mmiu.synthetic import write_synthetic_mmiu
 from experiments.mmiu.tasks import QUESTION_FIRST
 from tests.evals.fakes import FakeResponder
@@ -183,13 +183,13 @@ def _responses(path, records, answer):
       f.write(json.dumps({'id': i, 'response': answer(r)}) + '\n')
 
 
-def test_score_mode_writes_the_summary(data, tmp_path):
+def test_score_program_writes_the_summary(data, tmp_path):
   path, records = data
   responses = tmp_path / 'r.jsonl'
   _responses(responses, records, lambda r: f"The answer is {r['output']}.")
-  config = get_config('mode=score')
+  config = get_config()
   config.data_file, config.responses = path, str(responses)
-  s = run(config, str(tmp_path / 'out'), 'train')
+  s = PROGRAMS['score'](config, str(tmp_path / 'out'))
   assert {'overall', 'per_task', 'per_relation', 'n', 'unmatched'} <= set(s)
   # record 1's gold G is not an option, so "The answer is G." matches nothing and is wrong.
   assert s['per_task']['forensic_detection'] == 75.0 and s['unmatched'] == 1
@@ -201,34 +201,34 @@ def test_score_mode_writes_the_summary(data, tmp_path):
   assert os.path.getsize(tmp_path / 'out' / 'summary.png') > 0
 
 
-def test_score_mode_lists_bad_ids(data, tmp_path):
+def test_score_program_lists_bad_ids(data, tmp_path):
   path, records = data
   responses = tmp_path / 'r.jsonl'
   _responses(responses, records[:10], lambda r: 'A')
   with open(responses, 'a') as f:
     f.write('{"id": 3, "response": "A"}\n{"id": 40, "response": "A"}\n')
-  config = get_config('mode=score')
+  config = get_config()
   config.data_file, config.responses = path, str(responses)
   with pytest.raises(ValueError, match=r'missing ids \(2\): 10-11; duplicate ids \(1\): 3; '
                                        r'ids not in the data \(0..11\) \(1\): 40'):
-    run(config, str(tmp_path / 'out'), 'train')
+    PROGRAMS['score'](config, str(tmp_path / 'out'))
 
 
-def test_smoke_mode_runs_and_resumes(tmp_path):
-  config = get_config('mode=smoke')
+def test_smoke_variant_runs_and_resumes(tmp_path):
+  config = get_config('variant=smoke')
   config.progress_bar = False
-  s = run(config, str(tmp_path), 'train')
+  s = PROGRAMS['generate'](config, str(tmp_path))
   assert s['n'] == 28 and s['images_subsampled'] > 0 and s['throughput']['generated'] == 28
-  again = run(get_config('mode=smoke'), str(tmp_path), 'train')
+  again = PROGRAMS['generate'](get_config('variant=smoke'), str(tmp_path))
   assert again['throughput']['generated'] == 0 and again['overall'] == s['overall']
 
 
-def test_launch_score_mode(data, tmp_path):
+def test_launch_score_program(data, tmp_path):
   path, records = data
   responses = tmp_path / 'r.jsonl'
   _responses(responses, records, lambda r: 'A')
   out = subprocess.run(
-      [sys.executable, 'launch.py', '--config', 'configs/mmiu.py:mode=score',
+      [sys.executable, 'launch.py', '--config', 'configs/mmiu.py', '--mode', 'score',
        f'--config.data_file={path}', f'--config.responses={responses}', '--workdir', str(tmp_path / 'w')],
       cwd=ROOT, capture_output=True, text=True, timeout=120,
       env={**os.environ, 'JAX_PLATFORMS': 'cpu'})

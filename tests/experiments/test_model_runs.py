@@ -1,4 +1,4 @@
-"""mode=generate: CoverBench with a tiny random Qwen2 and MMIU with a tiny random LLaVA-OneVision, end to end through
+"""--mode generate: CoverBench with a tiny random Qwen2 and MMIU with a tiny random LLaVA-OneVision, end to end through
 launch.py, and resuming an interrupted run without answering finished examples again."""
 import json
 import os
@@ -7,7 +7,6 @@ import sys
 import time
 
 import pytest
-import transformers
 
 from configs.coverbench import get_config as coverbench_config
 from configs.mmiu import get_config as mmiu_config
@@ -15,10 +14,9 @@ from experiments.coverbench import experiment as coverbench
 from experiments.coverbench.synthetic import write_synthetic_coverbench
 from experiments.mmiu import experiment as mmiu
 from experiments.mmiu.synthetic import write_synthetic_mmiu
+from mmjax.evals.programs import model_responder, run_generate
 from mmjax.evals.prompt import Prompt
-from tests.generate.reference import save_tiny_qwen2
-from tests.models.test_llava_onevision import PINPOINTS, save_llava
-from tests.models.test_llava_processor import _tokenizer
+from tests.hf_models import WIDE, save_llava_folder, save_qwen2, save_tokenizer
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 MMIU_KEYS = ('forensic_detection_blink', 'spot_the_diff', 'temporal_ordering', 'jigsaw_puzzle_solving')
@@ -26,31 +24,18 @@ MMIU_KEYS = ('forensic_detection_blink', 'spot_the_diff', 'temporal_ordering', '
 COVERBENCH_WINDOW = 448
 
 
-def _save_tokenizer(directory):
-  """The processor tests' byte-level BPE with ChatML, <image> and <video> specials; returns it."""
-  tokenizer = _tokenizer()
-  transformers.PreTrainedTokenizerFast(tokenizer_object=tokenizer, pad_token='<|endoftext|>').save_pretrained(
-      directory)
-  return tokenizer
-
-
 @pytest.fixture(scope='module')
 def qwen2_dir(tmp_path_factory):
   directory = tmp_path_factory.mktemp('qwen2_chat')
-  tokenizer = _save_tokenizer(directory)
-  save_tiny_qwen2(directory, vocab_size=tokenizer.get_vocab_size(), eos_token_id=tokenizer.token_to_id('<|im_end|>'))
+  tokenizer = save_tokenizer(directory)
+  save_qwen2(directory, **WIDE, vocab_size=tokenizer.get_vocab_size(), eos_token_id=tokenizer.token_to_id('<|im_end|>'))
   return str(directory)
 
 
 @pytest.fixture(scope='module')
 def llava_dir(tmp_path_factory):
   directory = tmp_path_factory.mktemp('llava_ov')
-  tokenizer = _save_tokenizer(directory)
-  transformers.LlavaOnevisionImageProcessorPil(
-      image_mean=[0.5] * 3, image_std=[0.5] * 3, size={'height': 32, 'width': 32},
-      image_grid_pinpoints=PINPOINTS).save_pretrained(directory)
-  save_llava(directory, vocab_size=tokenizer.get_vocab_size(), image_token=tokenizer.token_to_id('<image>'),
-             video_token=tokenizer.token_to_id('<video>'))
+  save_llava_folder(directory)
   return str(directory)
 
 
@@ -81,7 +66,7 @@ def _reports(workdir):
 
 
 def test_coverbench_generate_through_launch(qwen2_dir, coverbench_file, tmp_path):
-  s, seconds = _launch('configs/coverbench.py:mode=generate', tmp_path, f'--config.data_file={coverbench_file}',
+  s, seconds = _launch('configs/coverbench.py', tmp_path, '--mode=generate', f'--config.data_file={coverbench_file}',
                        f'--config.checkpoint={qwen2_dir}', '--config.batch_size=4', '--config.max_new_tokens=8',
                        f'--config.context_tokens={COVERBENCH_WINDOW}')
   assert {'macro_f1', 'per_source', 'n', 'unparsed', 'reprompted', 'truncated', 'throughput'} <= set(s)
@@ -94,7 +79,7 @@ def test_coverbench_generate_through_launch(qwen2_dir, coverbench_file, tmp_path
 
 
 def test_mmiu_generate_through_launch(llava_dir, mmiu_file, tmp_path):
-  s, seconds = _launch('configs/mmiu.py:mode=generate', tmp_path, f'--config.data_file={mmiu_file}',
+  s, seconds = _launch('configs/mmiu.py', tmp_path, f'--config.data_file={mmiu_file}',
                        f'--config.checkpoint={llava_dir}', '--config.batch_size=2', '--config.max_new_tokens=8')
   assert {'overall', 'per_task', 'per_relation', 'n', 'unmatched', 'throughput'} <= set(s)
   assert s['n'] == 4 and len(s['per_task']) == 4 and 0 <= s['overall'] <= 100
@@ -126,40 +111,32 @@ class _Counting:
     return self.responder.respond(prompts)
 
 
-def _resume(experiment, config, tmp_path, monkeypatch, stop_after):
-  """(uninterrupted summary, resumed summary, prompts answered by the resumed run, records before resuming)."""
-  responder = experiment.make_responder(config)
-  wrappers = []
-
-  def make(_, stop=None):
-    wrappers.append(_Counting(responder, stop))
-    return wrappers[-1]
-
-  monkeypatch.setattr(experiment, 'make_responder', make)
-  whole = experiment.run(config, str(tmp_path / 'whole'), 'train')
-  monkeypatch.setattr(experiment, 'make_responder', lambda c: make(c, stop_after))
+def _resume(task, config, tmp_path, stop_after):
+  """(uninterrupted summary, resumed summary, the resumed run's responder, records before resuming)."""
+  responder = model_responder(task, config)
+  whole = run_generate(task, config, str(tmp_path / 'whole'), responder=_Counting(responder))
   with pytest.raises(KeyboardInterrupt):
-    experiment.run(config, str(tmp_path / 'cut'), 'train')
+    run_generate(task, config, str(tmp_path / 'cut'), responder=_Counting(responder, stop_after))
   assert not os.path.exists(tmp_path / 'cut' / 'summary.json')
   with open(tmp_path / 'cut' / 'responses.jsonl') as f:
     done = [json.loads(line)['id'] for line in f]
-  monkeypatch.setattr(experiment, 'make_responder', make)
-  resumed = experiment.run(config, str(tmp_path / 'cut'), 'train')
+  counter = _Counting(responder)
+  resumed = run_generate(task, config, str(tmp_path / 'cut'), responder=counter)
   for s in (whole, resumed):
     s.pop('throughput')
-  return whole, resumed, wrappers[-1], done
+  return whole, resumed, counter, done
 
 
-def test_coverbench_resume_answers_only_the_missing_examples(qwen2_dir, coverbench_file, tmp_path, monkeypatch):
-  config = coverbench_config('mode=generate')
+def test_coverbench_resume_answers_only_the_missing_examples(qwen2_dir, coverbench_file, tmp_path):
+  config = coverbench_config()
   config.data_file, config.checkpoint = coverbench_file, qwen2_dir
   config.batch_size, config.max_new_tokens, config.context_tokens = 4, 8, COVERBENCH_WINDOW
   config.progress_bar = False
-  whole, resumed, counter, done = _resume(coverbench, config, tmp_path, monkeypatch, stop_after=4)
+  whole, resumed, counter, done = _resume(coverbench.TASK, config, tmp_path, stop_after=4)
   # The cut run finished batch 0-3 (with its re-prompts); the rerun asks only about 4-7 (and their re-prompts),
   # with the same prompts as the uninterrupted run.
   assert done == [0, 1, 2, 3]
-  bench = coverbench.make_benchmark(config, coverbench_file)
+  bench = coverbench.load(config, coverbench_file)
   expected = [bench.prompt(i, counter)[0] for i in range(4, 8)]
   assert counter.answered[:4] == expected
   reprompts = counter.answered[4:]
@@ -171,13 +148,13 @@ def test_coverbench_resume_answers_only_the_missing_examples(qwen2_dir, coverben
     assert sorted(f.read().splitlines()) == a
 
 
-def test_mmiu_resume_answers_only_the_missing_questions(llava_dir, mmiu_file, tmp_path, monkeypatch):
-  config = mmiu_config('mode=generate')
+def test_mmiu_resume_answers_only_the_missing_questions(llava_dir, mmiu_file, tmp_path):
+  config = mmiu_config()
   config.data_file, config.checkpoint = mmiu_file, llava_dir
   config.batch_size, config.max_new_tokens, config.progress_bar = 2, 8, False
-  whole, resumed, counter, done = _resume(mmiu, config, tmp_path, monkeypatch, stop_after=2)
+  whole, resumed, counter, done = _resume(mmiu.TASK, config, tmp_path, stop_after=2)
   assert done == [0, 1]
-  bench = mmiu.make_benchmark(config, mmiu_file)
+  bench = mmiu.load(config, mmiu_file)
   assert counter.answered == [bench.prompt(i, counter)[0] for i in (2, 3)]
   assert resumed == whole
   # The token count the benchmark fits prompts with is the processor's, for several images and for one (AnyRes).
@@ -187,18 +164,19 @@ def test_mmiu_resume_answers_only_the_missing_questions(llava_dir, mmiu_file, tm
 
 
 def test_clear_errors(qwen2_dir, coverbench_file, tmp_path):
-  config = coverbench_config('mode=generate')
+  generate = coverbench.PROGRAMS['generate']
+  config = coverbench_config()
   config.data_file, config.checkpoint = str(tmp_path / 'missing.jsonl'), qwen2_dir
   with pytest.raises(FileNotFoundError, match='missing.jsonl: no such data file'):
-    coverbench.run(config, str(tmp_path / 'a'), 'train')
+    generate(config, str(tmp_path / 'a'))
   config.data_file, config.checkpoint = coverbench_file, str(tmp_path / 'no_model')
   with pytest.raises(FileNotFoundError, match='no_model: no such directory'):
-    coverbench.run(config, str(tmp_path / 'b'), 'train')
+    generate(config, str(tmp_path / 'b'))
   config.checkpoint = ''
   with pytest.raises(ValueError, match='set --config.checkpoint'):
-    coverbench.run(config, str(tmp_path / 'c'), 'train')
-  with pytest.raises(ValueError, match="mode must be 'generate', 'score' or 'smoke'"):
-    coverbench_config('mode=train')
+    generate(config, str(tmp_path / 'c'))
+  with pytest.raises(ValueError, match="variant must be one of default, smoke, got 'train'"):
+    coverbench_config('variant=train')
 
 
 def test_chat_responder_renders_chatml_and_counts_its_tokens(qwen2_dir):

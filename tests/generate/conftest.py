@@ -1,16 +1,17 @@
-"""One tiny random HF Qwen2 (see reference.py) shared by the generation tests, and prompts of different lengths."""
+"""One tiny random HF Qwen2 (tests/hf_models.py, logits spread by WIDE) shared by the generation tests, and
+prompts of different lengths."""
 import numpy as np
 import pytest
 
 from mmjax.weights import from_pretrained
-from tests.generate.reference import save_tiny_qwen2
+from tests.hf_models import WIDE, save_qwen2
 
 
 @pytest.fixture(scope='session')
 def tiny(tmp_path_factory):
   """(transformers model, mmjax module, params, checkpoint directory)."""
   directory = tmp_path_factory.mktemp('tiny_qwen2')
-  hf = save_tiny_qwen2(directory)
+  hf = save_qwen2(directory, **WIDE)
   module, params, _ = from_pretrained(directory)
   return hf, module, params, directory
 

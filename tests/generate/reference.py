@@ -1,26 +1,7 @@
-"""The tiny random transformers Qwen2 that the generation tests compare against.
-
-initializer_range=0.2 (HF default 0.02) makes the logits spread widely enough that greedy and beam outputs are
-diverse: a reference model that repeats one token would prove nothing.
-"""
-from pathlib import Path
-
+"""transformers `generate` on left-padded prompts: the reference of the generation tests."""
 import numpy as np
 import torch
 import transformers
-
-from tests.models.hf_reference import QWEN2, _perturb
-
-CONFIG = dict(QWEN2, initializer_range=0.2)
-
-
-def save_tiny_qwen2(directory: Path, *, seed: int = 0, **overrides) -> transformers.Qwen2ForCausalLM:
-  """A random 2-layer Qwen2ForCausalLM (vocab 128 unless overridden) saved to `directory`; returns it (eval)."""
-  torch.manual_seed(seed)
-  model = transformers.Qwen2ForCausalLM(transformers.Qwen2Config(**{**CONFIG, **overrides})).eval()
-  _perturb(model, seed)
-  model.save_pretrained(directory)
-  return model
 
 
 def hf_generate(model: transformers.Qwen2ForCausalLM, prompts: list[list[int]], **kwargs):

@@ -7,6 +7,7 @@ import jax
 import numpy as np
 
 from mmjax.generate import Qwen2Adapter, generate, score
+from tests.numerics import assert_close_programs
 
 
 @dataclasses.dataclass(frozen=True)
@@ -46,4 +47,4 @@ def test_an_embedding_prefill_adapter_plugs_in(tiny, prompts):
   assert [c.tokens for (c,) in shifted] != [c.tokens for (c,) in plain]
   scored = score(adapter, params, prompts, [c.tokens for (c,) in shifted], offsets=offsets + 3.0, scale=1.0)
   for (completion,), logprobs in zip(shifted, scored):
-    np.testing.assert_allclose(logprobs, completion.logprobs, atol=1e-5)
+    assert_close_programs(logprobs, completion.logprobs)

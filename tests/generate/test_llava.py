@@ -8,12 +8,10 @@ import transformers
 from mmjax.generate import LlavaOnevisionAdapter, as_adapter, generate, score
 from mmjax.models.llava_onevision import LlavaOnevisionProcessor
 from mmjax.weights import from_pretrained
-from tests.models.hf_reference import _perturb
-from tests.models.test_llava_onevision import PINPOINTS, TEXT, VISION, hf_logits
-from tests.models.test_llava_processor import _image, _tokenizer
+from tests.hf_models import WIDE, llava_logits, save_llava_folder
+from tests.models.test_llava_processor import _image
+from tests.numerics import assert_close_torch
 
-# initializer_range 0.2 (HF default 0.02) spreads the logits, so greedy outputs are diverse.
-WIDE = dict(initializer_range=0.2)
 QUESTION = '<|im_start|>user\n{}What is shown in this image?<|im_end|>\n<|im_start|>assistant\n'
 ONE = QUESTION.format('<image>\n')
 TWO = QUESTION.format('<image>\n<image>\nCompare. ')
@@ -22,24 +20,8 @@ NEW_TOKENS = 20
 
 
 def save_tiny_llava(directory) -> transformers.LlavaOnevisionForConditionalGeneration:
-  """A tiny random transformers LLaVA-OneVision with tokenizer and image processor (32 px crops) saved to
-  `directory`, the layout `LlavaOnevisionProcessor.from_pretrained` reads; returns the model (eval)."""
-  tokenizer = _tokenizer()
-  transformers.PreTrainedTokenizerFast(tokenizer_object=tokenizer, pad_token='<|endoftext|>').save_pretrained(
-      directory)
-  transformers.LlavaOnevisionImageProcessorPil(
-      image_mean=[0.5] * 3, image_std=[0.5] * 3, size={'height': 32, 'width': 32},
-      image_grid_pinpoints=PINPOINTS).save_pretrained(directory)
-  torch.manual_seed(0)
-  config = transformers.LlavaOnevisionConfig(
-      vision_config=transformers.SiglipVisionConfig(**VISION, **WIDE),
-      text_config=transformers.Qwen2Config(**{**TEXT, 'vocab_size': tokenizer.get_vocab_size()}, **WIDE),
-      image_token_index=tokenizer.token_to_id('<image>'), video_token_index=tokenizer.token_to_id('<video>'),
-      image_grid_pinpoints=PINPOINTS, vision_feature_layer=-1, **WIDE)
-  hf = transformers.LlavaOnevisionForConditionalGeneration(config).eval()
-  _perturb(hf, 0)
-  hf.save_pretrained(directory)
-  return hf
+  """The tiny random LLaVA-OneVision folder of tests.hf_models with logits spread by WIDE; returns the model."""
+  return save_llava_folder(directory, **WIDE)
 
 
 @pytest.fixture(scope='module')
@@ -121,12 +103,12 @@ def test_score_after_images_matches_transformers(setup, reference):
   for i, (prompt, continuation) in enumerate(zip(_ids(inputs), continuations)):
     ids = np.asarray([prompt + continuation])
     one = [0, 1] if i == 0 else [1, 3]
-    want = hf_logits(hf, ids, np.ones_like(ids), inputs['pixel_values'][one[0]:one[1]],
-                     inputs['image_sizes'][one[0]:one[1]], inputs['batch_num_images'][i:i + 1])[0]
+    want = llava_logits(hf, ids, np.ones_like(ids), inputs['pixel_values'][one[0]:one[1]],
+                        inputs['image_sizes'][one[0]:one[1]], inputs['batch_num_images'][i:i + 1])[0]
     want = torch.log_softmax(torch.from_numpy(want), -1).numpy()
     expected = want[np.arange(len(prompt) - 1, len(prompt) + len(continuation) - 1), continuation]
     assert got[i].shape == (len(continuation),)
-    np.testing.assert_allclose(got[i], expected, atol=1e-4)
+    assert_close_torch(got[i], expected)
 
 
 def test_images_that_do_not_fit_the_prompts_raise(setup):

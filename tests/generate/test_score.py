@@ -3,6 +3,7 @@ import numpy as np
 import torch
 
 from mmjax.generate import generate, score
+from tests.numerics import assert_close_programs, assert_close_torch
 
 
 def test_score_matches_transformers(tiny, prompts):
@@ -16,7 +17,7 @@ def test_score_matches_transformers(tiny, prompts):
       want = torch.log_softmax(hf(ids).logits[0].float(), -1).numpy()
     expected = want[np.arange(len(prompt) - 1, len(prompt) + len(continuation) - 1), continuation]
     assert logprobs.shape == (len(continuation),)
-    np.testing.assert_allclose(logprobs, expected, atol=1e-4)
+    assert_close_torch(logprobs, expected)
 
 
 def test_score_of_a_generated_continuation_equals_its_logprobs(tiny, prompts):
@@ -24,7 +25,7 @@ def test_score_of_a_generated_continuation_equals_its_logprobs(tiny, prompts):
   completions = [c for (c,) in generate(module, params, prompts, max_new_tokens=8)]
   scored = score(module, params, prompts, [c.tokens for c in completions])
   for completion, logprobs in zip(completions, scored):
-    np.testing.assert_allclose(logprobs, completion.logprobs, atol=1e-5)
+    assert_close_programs(logprobs, completion.logprobs)
 
 
 def test_empty_continuation(tiny, prompts):

@@ -11,13 +11,14 @@ block_until_ready); the median is reported.
 TFLOP/s: forward 4*B*S*S*H*D (halved when causal), forward+backward 3.5x that. Decode: GB/s of the
 bytes of K + V (valid entries) + Q + O. Ratios are to cuDNN measured in the same run.
 
-  python experiments/bench/attention.py --out runs/bench/attention.json
-  python experiments/bench/attention.py --seq-lens 4096 --head-dims 128 --out /tmp/a.json --no-results-md
+  python -m experiments.bench.attention --out runs/bench/attention.json
+  python -m experiments.bench.attention --seq-lens 4096 --head-dims 128 --out /tmp/a.json --no-results-md
 
-  python experiments/bench/attention.py --record-from-json run1.json run2.json   # saved runs -> RESULTS.md
+  python -m experiments.bench.attention --record-from-json run1.json run2.json   # saved runs -> RESULTS.md
 
-Writes the JSON to --out (after every shape, so a run cut short keeps what it measured) and appends a dated section to experiments/bench/RESULTS.md. On a machine
-without a GPU it exits with status 2 before measuring or writing anything.
+Writes the JSON to --out (after every shape, so a run cut short keeps what it measured) and appends a dated
+section to experiments/bench/RESULTS.md. On a machine without a GPU it exits with status 2 before measuring or
+writing anything.
 """
 from __future__ import annotations
 
@@ -31,20 +32,18 @@ import subprocess
 import sys
 import time
 import traceback
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
+import jax
+import jax.numpy as jnp
+import jaxlib
+import numpy as np
 
-import jax  # noqa: E402
-import jax.numpy as jnp  # noqa: E402
-import jaxlib  # noqa: E402
-import numpy as np  # noqa: E402
-
-from mmjax.pallas_kernels import (attention_reference, decode_attention,  # noqa: E402
-                                  decode_attention_reference, flash_attention)
+from mmjax.pallas_kernels import attention_reference, decode_attention, decode_attention_reference, flash_attention
 
 RESULTS_MD = os.path.join(os.path.dirname(os.path.abspath(__file__)), "RESULTS.md")
-FORWARD_TOL = 2e-2  # bf16, relative to the reference's largest magnitude (PERFORMANCE.md §1).
+FORWARD_TOL = 2e-2  # bf16, relative to the reference's largest magnitude (as tests/pallas_kernels/helpers.py).
 GRAD_TOL = 5e-2
 
 
@@ -287,7 +286,7 @@ def _format_decode(r: dict) -> str:
 def environment() -> dict:
   dev = jax.devices()[0]
   env = {
-      "date_utc": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+      "date_utc": datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC"),
       "device_kind": dev.device_kind,
       "platform": dev.platform,
       "jax": jax.__version__,
@@ -396,7 +395,7 @@ def main(argv=None) -> int:
   env = environment()
   print(json.dumps(env), flush=True)
   flash_rows, decode_rows = [], []
-  command = " ".join(["python experiments/bench/attention.py"] + list(argv))
+  command = " ".join(["python -m experiments.bench.attention"] + list(argv))
   os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
 
   def save(rows=None):  # After every group, so that a run cut short still leaves its measurements.

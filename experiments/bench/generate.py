@@ -1,7 +1,7 @@
 """Generation benchmark: mmjax `generate` against transformers `generate`, greedy, side by side in one process.
 
-  python experiments/bench/generate.py            # ~100M Qwen2, prompt 128, 64 new tokens, batch 1 and 8
-  python experiments/bench/generate.py --quick    # a small config, for a smoke run
+  python -m experiments.bench.generate            # ~100M Qwen2, prompt 128, 64 new tokens, batch 1 and 8
+  python -m experiments.bench.generate --quick    # a small config, for a smoke run
 
 The model is a random Qwen2 (hidden 768, 12 layers, 12 heads, 2 KV heads, MLP 2048, vocab 32000, tied embeddings:
 98M parameters), built in transformers, saved, and imported into mmjax, so both run the same weights in float32.
@@ -22,20 +22,17 @@ import json
 import os
 import platform
 import statistics
-import sys
 import tempfile
 import time
 from typing import Any
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
+import jax
+import jax.numpy as jnp
+import numpy as np
 
-import jax  # noqa: E402
-import jax.numpy as jnp  # noqa: E402
-import numpy as np  # noqa: E402
-
-from mmjax.generate import compile_counts, generate  # noqa: E402
-from mmjax.generate.batching import bucket  # noqa: E402
-from mmjax.weights import from_pretrained  # noqa: E402
+from mmjax.generate import compile_counts, generate
+from mmjax.generate.batching import bucket
+from mmjax.weights import from_pretrained
 
 FULL = dict(vocab_size=32000, hidden_size=768, intermediate_size=2048, num_hidden_layers=12, num_attention_heads=12,
             num_key_value_heads=2)
@@ -148,7 +145,7 @@ def main() -> None:
           f"{r['decode_gbps']:.1f} | {100 * r['decode_gbps'] / gbps:.0f}% | {r['same_tokens']} |")
   print(f'\ntok/s: new tokens / whole call (prefill included); ratio = transformers time / mmjax time. Decode: '
         f'({new_tokens}-token call - 1-token call) / {new_tokens - 1} steps.')
-  print(f"\nCommand: `python experiments/bench/generate.py{' --quick' if args.quick else ''}`")
+  print(f"\nCommand: `python -m experiments.bench.generate{' --quick' if args.quick else ''}`")
   if args.json:
     with open(args.json, 'w') as f:
       json.dump(dict(env=env, rows=rows), f, indent=1)

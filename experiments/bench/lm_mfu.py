@@ -11,7 +11,7 @@ FLOPs per step: 6 x matmul params x tokens (the unembedding included) plus causa
 6 x layers x S x H x D x tokens (the score and value matmuls, forward and backward, half of S^2 visible).
 MFU is that over the step time and over the card's dense bf16 peak (`mmjax.train.metrics.peak_flops`).
 
-  python experiments/bench/lm_mfu.py --batch 4 --seq 4096 --json runs/bench/lm_mfu.json
+  python -m experiments.bench.lm_mfu --batch 4 --seq 4096 --json runs/bench/lm_mfu.json
 """
 from __future__ import annotations
 
@@ -21,16 +21,14 @@ import json
 import os
 import sys
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
+import jax
+import jax.numpy as jnp
+import numpy as np
 
-import jax  # noqa: E402
-import jax.numpy as jnp  # noqa: E402
-import numpy as np  # noqa: E402
-
-from experiments.bench.lm_step import compiled_train_step, matmul_params  # noqa: E402
-from experiments.bench.timing import median_time  # noqa: E402
-from mmjax.models.qwen2 import Qwen2Config, Qwen2ForCausalLM  # noqa: E402
-from mmjax.train.metrics import peak_flops  # noqa: E402
+from experiments.bench.lm_step import compiled_train_step, matmul_params
+from experiments.bench.timing import median_time
+from mmjax.models.qwen2 import Qwen2Config, Qwen2ForCausalLM
+from mmjax.train.metrics import peak_flops
 
 QWEN2_0_5B = dict(vocab_size=151936, hidden_size=896, intermediate_size=4864, num_hidden_layers=24,
                   num_attention_heads=14, num_key_value_heads=2, rms_norm_eps=1e-6, rope_theta=1e6,
@@ -93,7 +91,8 @@ def main() -> int:
   p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
   p.add_argument('--batch', type=int, default=4)
   p.add_argument('--seq', type=int, default=4096)
-  p.add_argument('--impls', default='cudnn,pallas,xla', help='comma list of dot_product_attention impls (empty: transformers only)')
+  p.add_argument('--impls', default='cudnn,pallas,xla',
+                 help='comma list of dot_product_attention impls (empty: transformers only)')
   p.add_argument('--steps', type=int, default=5)
   p.add_argument('--warmup', type=int, default=2)
   p.add_argument('--no-torch', action='store_true')

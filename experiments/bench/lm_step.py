@@ -1,8 +1,8 @@
 """LM benchmark: the mmjax Qwen2 against transformers' Qwen2ForCausalLM, same random ~100M config,
 measured side by side in one process.
 
-  python experiments/bench/lm_step.py            # train step (AdamW, 8 x 256 tokens) + forward at 1024 tokens
-  python experiments/bench/lm_step.py --quick    # a 4-layer model, for a fast look
+  python -m experiments.bench.lm_step            # train step (AdamW, 8 x 256 tokens) + forward at 1024 tokens
+  python -m experiments.bench.lm_step --quick    # a 4-layer model, for a fast look
 
 Prints tokens/s for each and the ratio mmjax/torch, the achieved GFLOP/s of the train step
 (6 x matmul params x tokens), and a large matmul's GFLOP/s in the same run (this machine's
@@ -15,22 +15,19 @@ import datetime
 import json
 import os
 import platform
-import sys
 import time
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
 
-import jax  # noqa: E402
-import jax.numpy as jnp  # noqa: E402
-import numpy as np  # noqa: E402
-import optax  # noqa: E402
-
-from experiments.bench.qwen2_100m import QWEN2_100M  # noqa: E402
-from experiments.bench.timing import median_time  # noqa: E402
-from mmjax.data import make_global_batch  # noqa: E402
-from mmjax.models.qwen2 import Qwen2Config, Qwen2ForCausalLM  # noqa: E402
-from mmjax.train import Experiment, base_config  # noqa: E402
-from mmjax.train.trainer import TrainSetup  # noqa: E402
+from experiments.bench.qwen2_100m import QWEN2_100M
+from experiments.bench.timing import median_time
+from mmjax.data import make_global_batch
+from mmjax.models.qwen2 import Qwen2Config, Qwen2ForCausalLM
+from mmjax.train import Experiment, base_config
+from mmjax.train.trainer import TrainSetup
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 
@@ -59,7 +56,8 @@ def compiled_train_step(model, vocab_size: int, batch: int, seq: int):
   config.batch_size, config.total_steps = batch, 1000
   config.optim.lr, config.optim.weight_decay, config.optim.clip_norm = 1e-4, 0.0, 1.0
 
-  def loss_fn(params, b, rng):
+  def loss_fn(params, b, rng, step):
+    del rng, step
     logits = model.apply({'params': params}, b['input_ids']).logits
     loss = optax.softmax_cross_entropy_with_integer_labels(logits[:, :-1], b['input_ids'][:, 1:]).mean()
     return loss, {}
@@ -170,7 +168,7 @@ def main():
       f"| forward tokens/s (1 x {args.forward_seq}) | {row['mmjax_fwd_tok_s']:.0f} | {row['torch_fwd_tok_s']:.0f} | "
       f"{row['fwd_ratio']:.2f}x |",
       f"\nMatmul ceiling (2048^3 fp32 under jit, same run): {ceiling:.1f} GFLOP/s. mmjax compile time "
-      f"{compile_s:.1f} s. Command: `python experiments/bench/lm_step.py{' --quick' if args.quick else ''}`\n"]
+      f"{compile_s:.1f} s. Command: `python -m experiments.bench.lm_step{' --quick' if args.quick else ''}`\n"]
   print('\n'.join(lines))
   if not args.no_record:
     with open(os.path.join(HERE, 'RESULTS.md'), 'a') as f:

@@ -1,8 +1,8 @@
 """Train-step benchmark: the mmjax ViT step (trainer's jitted step, AdamW, clipping) against the
 same model and optimiser in PyTorch, measured side by side in one process.
 
-  python experiments/bench/train_step.py                 # default vit_digits dims, batch 64 and 256
-  python experiments/bench/train_step.py --batch 64 --steps 50 --no-compile
+  python -m experiments.bench.train_step                 # default vit_digits dims, batch 64 and 256
+  python -m experiments.bench.train_step --batch 64 --steps 50 --no-compile
 
 Prints compile time, median step time and examples/s for each, and the ratio torch/mmjax
 (> 1 means mmjax is faster). Appends the table to experiments/bench/RESULTS.md and writes
@@ -15,19 +15,16 @@ import datetime
 import json
 import os
 import platform
-import sys
 import time
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
+import jax
+import numpy as np
 
-import jax  # noqa: E402
-import numpy as np  # noqa: E402
-
-from configs import vit_digits  # noqa: E402
-from experiments.bench.timing import median_time  # noqa: E402
-from experiments.vit_digits.experiment import make_experiment  # noqa: E402
-from mmjax.data import make_global_batch  # noqa: E402
-from mmjax.train.trainer import TrainSetup  # noqa: E402
+from configs import vit_digits
+from experiments.bench.timing import median_time
+from experiments.vit_digits.experiment import make_experiment
+from mmjax.data import make_global_batch
+from mmjax.train.trainer import TrainSetup
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 
@@ -144,12 +141,13 @@ def main():
            'torch.compile ms/step | compiled/mmjax |',
            '|---|---|---|---|---|---|---|---|']
   for r in rows:
-    lines.append(f"| {r['batch']} | {r['mmjax_compile_s']:.2f} | {r['mmjax_step_ms']:.2f} | {r['mmjax_ex_per_s']:.0f} | "
+    lines.append(f"| {r['batch']} | {r['mmjax_compile_s']:.2f} | {r['mmjax_step_ms']:.2f} | "
+                 f"{r['mmjax_ex_per_s']:.0f} | "
                  f"{r['torch_eager_step_ms']:.2f} | {r['ratio_eager']:.2f}x | "
                  + (f"{r['torch_compiled_step_ms']:.2f} | {r['ratio_compiled']:.2f}x |" if 'ratio_compiled' in r
                     else 'n/a | n/a |'))
   lines.append('\nRatios are torch time / mmjax time: above 1 means the mmjax step is faster.\n'
-               'Command: `python experiments/bench/train_step.py`\n')
+               'Command: `python -m experiments.bench.train_step`\n')
   print('\n'.join(lines))
   if not args.no_record:
     with open(os.path.join(HERE, 'RESULTS.md'), 'a') as f:

@@ -5,22 +5,19 @@ times the forward over forward candidates, then forward+backward over backward c
 default tiles), each checked against the float32 reference on one head first. cuDNN is timed in the same run
 as the yardstick. Prints one line per candidate and the best per group; writes JSON with --out.
 
-  python experiments/bench/tune_flash.py --seq 4096 --out runs/bench/tune_flash.json
+  python -m experiments.bench.tune_flash --seq 4096 --out runs/bench/tune_flash.json
 """
 from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
+import jax
+import jax.numpy as jnp
 
-import jax  # noqa: E402
-import jax.numpy as jnp  # noqa: E402
-
-from experiments.bench.attention import _compile, _max_rel_err, _measure_fn, _time  # noqa: E402
-from mmjax.pallas_kernels import BlockSizes, attention_reference, flash_attention  # noqa: E402
+from experiments.bench.attention import _compile, _max_rel_err, _measure_fn, _time
+from mmjax.pallas_kernels import BlockSizes, attention_reference, flash_attention
 
 # (block_q, block_k, num_warps, num_stages)
 FORWARD = [(128, 64, 4, 2), (128, 64, 8, 2), (128, 64, 8, 3), (128, 128, 8, 2), (128, 128, 8, 3),

@@ -1,6 +1,5 @@
 """mmjax.data: Grain pipelines sharded per process, global batch assembly, and data sources."""
-from mmjax.data.chat_masking import (IGNORE_INDEX, QWEN2_TOKEN_IDS, ChatTokenIds, render_chatml,
-                                     tokenize_conversation)
+from mmjax.data.chat_masking import IGNORE_INDEX, QWEN2_TOKEN_IDS, ChatTokenIds, render_chatml, tokenize_conversation
 from mmjax.data.digits import DigitsSource, split_indices, write_image_folder
 from mmjax.data.global_batch import make_global_batch
 from mmjax.data.image_folder import ImageFolderSource, ImageReadError
@@ -8,8 +7,7 @@ from mmjax.data.iterator import iterator_state_to_json, make_iterator
 from mmjax.data.llava_json import LlavaJsonSource
 from mmjax.data.mixture import MixturePart, MixtureSource, load_mixture, sample_indices
 from mmjax.data.pipeline import make_eval_pipeline, make_pipeline, stack_examples
-from mmjax.data.shapes import (SceneSpec, Shape, caption, draw_scene, make_examples, random_scene,
-                               write_llava_dataset)
+from mmjax.data.shapes import SceneSpec, Shape, caption, draw_scene, make_examples, random_scene, write_llava_dataset
 
 __all__ = [
     "IGNORE_INDEX",

@@ -113,8 +113,12 @@ class ImageFolderSource:
       raise ImageReadError(f"{len(bad)} of {len(self)} images in {self.root} are unreadable:\n"
                            f"{lines}", [path for path, _ in bad])
 
-  def _load(self, path: Path) -> np.ndarray:
-    """Decodes `path` to float32 [H, W, C] in [0, 1]."""
+  def open_image(self, path: Path) -> Image.Image:
+    """Decodes `path` to a PIL image in mode L (grayscale) or RGB, resized to `image_size` if set.
+
+    Raises:
+      ImageReadError: PIL cannot open or decode the file.
+    """
     try:
       with Image.open(path) as image:
         image = image.convert("L" if self.grayscale else "RGB")
@@ -124,5 +128,9 @@ class ImageFolderSource:
       raise ImageReadError(f"cannot read image {path}: {type(e).__name__}: {e}", [path]) from e
     if self.image_size is not None and image.size != self.image_size[::-1]:
       image = image.resize(self.image_size[::-1], Image.Resampling.BILINEAR)
-    array = np.asarray(image, dtype=np.float32) / 255.0
+    return image
+
+  def _load(self, path: Path) -> np.ndarray:
+    """Decodes `path` to float32 [H, W, C] in [0, 1]."""
+    array = np.asarray(self.open_image(path), dtype=np.float32) / 255.0
     return array[..., None] if self.grayscale else array

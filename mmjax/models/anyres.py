@@ -15,6 +15,8 @@ import math
 import re
 from collections.abc import Sequence
 
+import chex
+import einops
 import jax
 import jax.numpy as jnp
 
@@ -138,8 +140,7 @@ def pack_anyres(features: jax.Array, layout: AnyresLayout, newline: jax.Array) -
   if features.shape[:2] != (layout.num_crops, side * side):
     raise ValueError(f'AnyRes features must be [{layout.num_crops}, {side * side}, E], got {features.shape}.')
   dim = features.shape[-1]
-  tiles = features[1:].reshape(rows, cols, side, side, dim).transpose(0, 2, 1, 3, 4)
-  grid = tiles.reshape(rows * side, cols * side, dim)
+  grid = einops.rearrange(features[1:], '(r c) (h w) e -> (r h) (c w) e', r=rows, c=cols, h=side, w=side)
   grid = grid[slice(*layout.rows_kept), slice(*layout.cols_kept)]
   if layout.reduced is not None:
     grid = _bilinear(grid, layout.reduced)
@@ -155,7 +156,9 @@ def pack_single(features: jax.Array, newline: jax.Array) -> jax.Array:
 def pack_video(features: jax.Array, side: int, newline: jax.Array) -> jax.Array:
   """features [V, F, side^2, E] -> tokens [V, video_tokens(F, side), E]: each frame pooled 2x2 (bilinear), the
   frames concatenated, one newline after the last frame of each video."""
+  chex.assert_rank(features, 4)
+  chex.assert_axis_dimension(features, 2, side * side)
   videos, frames, _, dim = features.shape
-  pooled = _bilinear(features.reshape(videos * frames, side, side, dim), (pooled_side(side),) * 2)
+  pooled = _bilinear(einops.rearrange(features, 'v f (h w) e -> (v f) h w e', h=side), (pooled_side(side),) * 2)
   column = jnp.broadcast_to(newline.astype(features.dtype), (videos, 1, dim))
-  return jnp.concatenate([pooled.reshape(videos, -1, dim), column], axis=1)
+  return jnp.concatenate([einops.rearrange(pooled, '(v f) h w e -> v (f h w) e', v=videos), column], axis=1)

@@ -18,6 +18,7 @@ The RoPE position of a token is the number of real tokens before it in its row, 
 """
 from typing import Protocol
 
+import chex
 import flax.struct
 import jax
 import jax.numpy as jnp
@@ -88,6 +89,10 @@ class KVCache:
 
 def write_chunk(buffer: jax.Array, chunk: jax.Array, lengths: jax.Array) -> jax.Array:
   """Writes chunk [B, S, Hkv, D] into buffer [B, max_len, Hkv, D] at slots [lengths[b], lengths[b] + S) per row."""
+  # A cache built for another batch size or head layout would otherwise fail deep inside vmap, or not at all.
+  chex.assert_rank([buffer, chunk, lengths], [4, 4, 1])
+  chex.assert_equal_shape([buffer, chunk], dims=(0, 2, 3))
+  chex.assert_axis_dimension(lengths, 0, buffer.shape[0])
   chunk = chunk.astype(buffer.dtype)
   return jax.vmap(lambda buf, new, start: jax.lax.dynamic_update_slice_in_dim(buf, new, start, axis=0))(
       buffer, chunk, lengths)

@@ -17,6 +17,8 @@ import functools
 from collections.abc import Mapping
 from typing import Any
 
+import chex
+import einops
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -135,6 +137,9 @@ def merge_features(embeds: jax.Array, mask: jax.Array, features: jax.Array, kind
   under jit the caller guarantees it (the processor writes exactly T placeholders), since a traced count cannot
   be checked.
   """
+  chex.assert_rank([embeds, mask, features], [3, 2, 2])
+  chex.assert_equal_shape_prefix([embeds, mask], 2)
+  chex.assert_axis_dimension(features, 1, embeds.shape[-1])
   if not isinstance(mask, jax.core.Tracer):
     count = int(mask.sum())
     if count != features.shape[0]:
@@ -265,10 +270,9 @@ class LlavaOnevisionForConditionalGeneration(nn.Module):
     """Video tokens [V, F * pooled^2 + 1, E] from frames [V, F, H, W, 3]: pooled 2x2, one newline per video."""
     if pixel_values_videos.ndim != 5:
       raise ValueError(f'pixel_values_videos must be [videos, frames, H, W, 3], got {pixel_values_videos.shape}.')
-    videos, frames = pixel_values_videos.shape[:2]
-    features = self._crop_features(pixel_values_videos.reshape(videos * frames, *pixel_values_videos.shape[2:]))
-    return anyres.pack_video(features.reshape(videos, frames, *features.shape[1:]), self.config.side,
-                             self.image_newline)
+    features = self._crop_features(einops.rearrange(pixel_values_videos, 'v f h w c -> (v f) h w c'))
+    return anyres.pack_video(einops.rearrange(features, '(v f) t e -> v f t e', v=pixel_values_videos.shape[0]),
+                             self.config.side, self.image_newline)
 
   def _crop_features(self, crops: jax.Array) -> jax.Array:
     """Projected tower features [N, side^2, E] of crops [N, H, W, 3]."""

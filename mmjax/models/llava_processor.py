@@ -16,8 +16,7 @@ import numpy as np
 from tokenizers import Tokenizer
 
 from mmjax.models import anyres
-from mmjax.models.llava_image_processing import (ImageInput, ImageProcessingConfig, preprocess_image,
-                                                 preprocess_video)
+from mmjax.models.llava_image_processing import ImageInput, ImageProcessingConfig, preprocess_image, preprocess_video
 
 IMAGE_TOKEN, VIDEO_TOKEN = '<image>', '<video>'
 _PLACEHOLDER = re.compile(f'({re.escape(IMAGE_TOKEN)}|{re.escape(VIDEO_TOKEN)})')

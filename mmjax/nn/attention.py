@@ -11,6 +11,7 @@ import functools
 from collections.abc import Callable
 from typing import NamedTuple
 
+import einops
 import jax
 import jax.numpy as jnp
 
@@ -83,15 +84,14 @@ def xla_attention(q: jax.Array, k: jax.Array, v: jax.Array, *, causal: bool, mas
 def _xla_attention_block(q: jax.Array, k: jax.Array, v: jax.Array, *, causal: bool, mask: jax.Array | None,
                          q_segment_ids: jax.Array | None, kv_segment_ids: jax.Array | None, scale: float
                          ) -> jax.Array:
-  b, q_len, h, d = q.shape
-  kv_len, num_kv_heads = k.shape[1], k.shape[2]
-  groups = h // num_kv_heads
+  q_len, kv_len, num_kv_heads = q.shape[1], k.shape[1], k.shape[2]
+  groups = q.shape[2] // num_kv_heads
   # Heads-major operands make both matmuls plain batched GEMMs for XLA (2x faster on CPU than contracting the
   # [B, S, H, D] layout in place); q [B, Hkv, G * Sq, D]: a group's queries are rows of one matmul on its K/V head.
-  q = q.reshape(b, q_len, num_kv_heads, groups, d).transpose(0, 2, 3, 1, 4).reshape(b, num_kv_heads, -1, d)
-  k, v = k.transpose(0, 2, 1, 3), v.transpose(0, 2, 1, 3)  # [B, Hkv, Sk, D]
-  logits = batched_matmul(q, k, b_transposed=True, preferred_element_type=jnp.float32)
-  logits = logits.reshape(b, num_kv_heads, groups, q_len, kv_len) * scale
+  q_rows = einops.rearrange(q, 'b s (k g) d -> b k (g s) d', k=num_kv_heads)
+  k, v = (einops.rearrange(x, 'b t k d -> b k t d') for x in (k, v))
+  logits = batched_matmul(q_rows, k, b_transposed=True, preferred_element_type=jnp.float32)
+  logits = einops.rearrange(logits, 'b k (g s) t -> b k g s t', g=groups) * scale
   visible = _visible(q_len, kv_len, causal=causal, mask=mask, q_segment_ids=q_segment_ids,
                      kv_segment_ids=kv_segment_ids, num_kv_heads=num_kv_heads)
   if visible is not None:
@@ -101,10 +101,10 @@ def _xla_attention_block(q: jax.Array, k: jax.Array, v: jax.Array, *, causal: bo
   weights = jnp.exp(logits - jnp.where(jnp.isfinite(row_max), row_max, 0.0))
   denom = jnp.sum(weights, axis=-1, keepdims=True)
   # Normalising the [.., D] output instead of the [.., Sk] weights does Sk/D times less division.
-  out = batched_matmul(weights.astype(v.dtype).reshape(b, num_kv_heads, -1, kv_len), v,
+  out = batched_matmul(einops.rearrange(weights.astype(v.dtype), 'b k g s t -> b k (g s) t'), v,
                        preferred_element_type=jnp.float32)
-  out = out.reshape(b, num_kv_heads, groups, q_len, d) / jnp.where(denom == 0.0, 1.0, denom)
-  return out.transpose(0, 3, 1, 2, 4).reshape(b, q_len, h, d).astype(q.dtype)
+  out = einops.rearrange(out, 'b k (g s) d -> b k g s d', g=groups) / jnp.where(denom == 0.0, 1.0, denom)
+  return einops.rearrange(out, 'b k g s d -> b s (k g) d').astype(q.dtype)
 
 
 ATTENTION_IMPLS: dict[str, AttentionImpl] = {'xla': AttentionImpl(xla_attention, frozenset())}

@@ -1,14 +1,13 @@
-"""The contractions of linear layers and of XLA attention, with their reverse-mode gradients written out on CPU.
+"""The contractions of linear layers and of XLA attention, differentiable in both modes by JAX's own rules.
 
-JAX differentiates a dot_general by transposing it into other dot_generals whose operands XLA:CPU then lays out
-with strided transposing copies. In the 98M Qwen2 train step those copies were the largest non-GEMM cost: the MLP's
-kernel gradient copied the [tokens, 2048] output gradient transposed, and attention's dV copied the [.., G*Sq, Sk]
-softmax weights transposed (experiments/bench/RESULTS.md has the profile and the timings). Here each gradient is a
-dot_general whose contracted axes XLA:CPU reads in place. On GPU and TPU, JAX's own rule is kept.
-
-On CPU these functions are `jax.custom_vjp`s, so they support reverse-mode differentiation only (no jvp).
+Nothing here has a custom derivative, so `jax.grad`, `jax.jvp`, `jax.jacfwd` and `jax.vmap` of them compose on
+every backend. What is chosen is the layout JAX's transposes produce. On CPU, `contract_trailing` contracts the 2-D
+views x [N, prod(K)] . kernel [prod(K), prod(F)] (reshapes of contiguous axes, free): both gradients are then one
+GEMM that XLA:CPU reads in place (dkernel = dot(x, g) over N), where the n-d dot_general over [B, S, ...] makes it
+copy an operand transposed first, for an LM head or an MLP up-projection the whole [tokens, features] gradient.
+On GPU and TPU the n-d dot_general is kept: a reshape that merges the minor axes can be a relayout there.
 """
-import functools
+import math
 
 import jax
 import jax.numpy as jnp
@@ -33,90 +32,21 @@ def _dot(a: jax.Array, b: jax.Array, a_contract: tuple[int, ...], b_contract: tu
                              preferred_element_type=preferred_element_type)
 
 
-# ---- x [..., *K] . kernel [*K, *F] (or kernel [*F, *K], features_first) -> [..., *F] ----
-
-def _kernel_axes(kernel: jax.Array, num_axes: int, features_first: bool) -> tuple[tuple[int, ...], tuple[int, ...]]:
-  """(the kernel's contracted axes K, its feature axes F)."""
-  num_features = kernel.ndim - num_axes
-  if features_first:
-    return tuple(range(num_features, kernel.ndim)), tuple(range(num_features))
-  return tuple(range(num_axes)), tuple(range(num_axes, kernel.ndim))
-
-
-def _contract(x: jax.Array, kernel: jax.Array, num_axes: int, features_first: bool) -> jax.Array:
-  lead = x.ndim - num_axes
-  return _dot(x, kernel, tuple(range(lead, x.ndim)), _kernel_axes(kernel, num_axes, features_first)[0], 0)
-
-
-@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3))
-def _contract_cpu(x: jax.Array, kernel: jax.Array, num_axes: int, features_first: bool) -> jax.Array:
-  return _contract(x, kernel, num_axes, features_first)
-
-
-def _contract_fwd(x: jax.Array, kernel: jax.Array, num_axes: int, features_first: bool
-                  ) -> tuple[jax.Array, tuple[jax.Array, jax.Array]]:
-  return _contract(x, kernel, num_axes, features_first), (x, kernel)
-
-
-def _contract_bwd(num_axes: int, features_first: bool, residuals: tuple[jax.Array, jax.Array], g: jax.Array
-                  ) -> tuple[jax.Array, jax.Array]:
-  x, kernel = residuals
-  lead = x.ndim - num_axes
-  features = _kernel_axes(kernel, num_axes, features_first)[1]
-  # dx [..., *K] = g [..., *F] . kernel over F; dkernel [*K, *F] = x . g over the leading axes.
-  dx = _dot(g, kernel, tuple(range(lead, g.ndim)), features, 0)
-  dkernel = _dot(x, g, tuple(range(lead)), tuple(range(lead)), 0)
-  if features_first:
-    # Transposing this result is cheaper than computing g . x, which XLA:CPU starts by transposing g (for an LM
-    # head, the [tokens, vocab] logits gradient): 10% off the head's forward + backward.
-    dkernel = dkernel.transpose(*range(num_axes, kernel.ndim), *range(num_axes))
-  return dx.astype(x.dtype), dkernel.astype(kernel.dtype)
-
-
-_contract_cpu.defvjp(_contract_fwd, _contract_bwd)
-
-
 def contract_trailing(x: jax.Array, kernel: jax.Array, num_axes: int, *, features_first: bool = False
                       ) -> jax.Array:
   """x [..., *K] . kernel [*K, *F] over the num_axes trailing axes of x -> [..., *F].
 
   features_first: the kernel is [*F, *K] instead, as a tied embedding table [V, E] used as the LM head.
   """
-  return (_contract_cpu if _on_cpu() else _contract)(x, kernel, num_axes, features_first)
-
-
-# ---- batched matmul: a [..., M, K] with b [..., N, K] (b_transposed) or [..., K, N] -> [..., M, N] ----
-
-def _matmul(a: jax.Array, b: jax.Array, b_transposed: bool, out_dtype: DTypeLike | None) -> jax.Array:
-  n = a.ndim - 2
-  return _dot(a, b, (n + 1,), (n + 1,) if b_transposed else (n,), n, out_dtype)
-
-
-@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3))
-def _matmul_cpu(a: jax.Array, b: jax.Array, b_transposed: bool, out_dtype: DTypeLike | None) -> jax.Array:
-  return _matmul(a, b, b_transposed, out_dtype)
-
-
-def _matmul_fwd(a: jax.Array, b: jax.Array, b_transposed: bool, out_dtype: DTypeLike | None
-                ) -> tuple[jax.Array, tuple[jax.Array, jax.Array]]:
-  return _matmul(a, b, b_transposed, out_dtype), (a, b)
-
-
-def _matmul_bwd(b_transposed: bool, out_dtype: DTypeLike | None, residuals: tuple[jax.Array, jax.Array],
-                g: jax.Array) -> tuple[jax.Array, jax.Array]:
-  a, b = residuals
-  n = a.ndim - 2
-  m_axis, last = n, n + 1
-  if b_transposed:  # out = a b^T: da = g b [.., M, K]; db = g^T a [.., N, K]
-    da = _dot(g, b, (last,), (m_axis,), n)
-    db = _dot(g, a, (m_axis,), (m_axis,), n)
-  else:  # out = a b: da = g b^T [.., M, K]; db = a^T g [.., K, N]
-    da = _dot(g, b, (last,), (last,), n)
-    db = _dot(a, g, (m_axis,), (m_axis,), n)
-  return da.astype(a.dtype), db.astype(b.dtype)
-
-
-_matmul_cpu.defvjp(_matmul_fwd, _matmul_bwd)
+  num_features = kernel.ndim - num_axes
+  contracted = tuple(range(num_features, kernel.ndim)) if features_first else tuple(range(num_axes))
+  lead, reduced = x.shape[:x.ndim - num_axes], x.shape[x.ndim - num_axes:]
+  features = tuple(kernel.shape[a] for a in range(kernel.ndim) if a not in contracted)
+  if not _on_cpu():
+    return _dot(x, kernel, tuple(range(len(lead), x.ndim)), contracted, 0)
+  flat_kernel = kernel.reshape((math.prod(features), -1) if features_first else (-1, math.prod(features)))
+  y = _dot(x.reshape(math.prod(lead), math.prod(reduced)), flat_kernel, (1,), (1,) if features_first else (0,), 0)
+  return y.reshape(*lead, *features)
 
 
 def batched_matmul(a: jax.Array, b: jax.Array, *, b_transposed: bool = False,
@@ -127,4 +57,5 @@ def batched_matmul(a: jax.Array, b: jax.Array, *, b_transposed: bool = False,
   """
   if a.ndim != b.ndim or a.ndim < 2 or a.shape[:-2] != b.shape[:-2]:
     raise ValueError(f'batched_matmul needs the same leading batch axes, got {a.shape} and {b.shape}.')
-  return (_matmul_cpu if _on_cpu() else _matmul)(a, b, b_transposed, preferred_element_type)
+  n = a.ndim - 2
+  return _dot(a, b, (n + 1,), (n + 1,) if b_transposed else (n,), n, preferred_element_type)

@@ -1,6 +1,7 @@
 """Sinusoidal timestep embeddings, fixed 2-D sin-cos position embeddings and the patch embedding of ViT/DiT."""
 import math
 
+import einops
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -94,5 +95,5 @@ class PatchEmbed(nn.Module):
       y = y + bias
     if not self.flatten:
       return y
-    y = y.reshape(y.shape[0], -1, y.shape[-1])
+    y = einops.rearrange(y, 'b h w e -> b (h w) e')
     return nn.with_logical_constraint(y, ('batch', 'length', 'embed'))

@@ -2,7 +2,7 @@
 
 `Dense` maps the last axis ([..., in] -> [..., features]); `DenseGeneral` contracts any set of axes into any
 feature shape, which is how attention projects [B, S, E] -> [B, S, H, D] and back without reshapes.
-Both contract through `mmjax.nn.contractions.contract_trailing` (on CPU, with its gradient written out).
+Both contract through `mmjax.nn.contractions.contract_trailing` (on CPU, in the layout its gradients read in place).
 """
 import math
 

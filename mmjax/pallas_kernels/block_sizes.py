@@ -33,7 +33,7 @@ class BlockSizes:
   num_stages: int | None = None
   num_stages_bwd: int | None = None
 
-  def filled(self) -> "BlockSizes":
+  def filled(self) -> BlockSizes:
     """The same sizes with every backward tile made explicit."""
     return dataclasses.replace(
         self, block_q_dkv=self.block_q_dkv or self.block_q, block_k_dkv=self.block_k_dkv or self.block_k,

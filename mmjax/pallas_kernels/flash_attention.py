@@ -22,8 +22,14 @@ import jax
 import jax.numpy as jnp
 
 from mmjax.pallas_kernels import flash_attention_tpu, flash_attention_triton
-from mmjax.pallas_kernels.block_sizes import (BlockSizes, check_tpu_blocks, check_triton_blocks,
-                                              tpu_block_sizes, triton_block_sizes, triton_num_warps)
+from mmjax.pallas_kernels.block_sizes import (
+  BlockSizes,
+  check_tpu_blocks,
+  check_triton_blocks,
+  tpu_block_sizes,
+  triton_block_sizes,
+  triton_num_warps,
+)
 from mmjax.pallas_kernels.flash_config import FlashConfig
 from mmjax.pallas_kernels.kernel_math import next_power_of_2, round_up
 from mmjax.pallas_kernels.support import MOSAIC_TPU, TRITON, problem, resolve_backend

@@ -19,8 +19,7 @@ from jax.experimental import pallas as pl
 from jax.experimental.pallas import tpu as pltpu
 
 from mmjax.pallas_kernels.flash_config import FlashConfig
-from mmjax.pallas_kernels.kernel_math import (TPU_LANES, TPU_SUBLANES, dot_nn, dot_nt, normalizer, safe_max,
-                                              widen_lanes)
+from mmjax.pallas_kernels.kernel_math import TPU_LANES, TPU_SUBLANES, dot_nn, dot_nt, normalizer, safe_max, widen_lanes
 
 
 def _cdiv(x, d: int):

@@ -6,7 +6,8 @@ CPU it runs under `interpret=True` or Pallas's TPU interpreter, `pltpu.Interpret
 """
 from __future__ import annotations
 
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import jax
 import jax.numpy as jnp

@@ -4,8 +4,7 @@ import re
 import numpy as np
 import pytest
 
-from mmjax.data.chat_masking import (IGNORE_INDEX, ChatTokenIds, render_chatml,
-                                     tokenize_conversation)
+from mmjax.data.chat_masking import IGNORE_INDEX, ChatTokenIds, render_chatml, tokenize_conversation
 
 IDS = ChatTokenIds(im_start=1000, im_end=1001, newline=ord("\n"), image=1002, video=1003)
 _SHOW = {1000: "<", 1001: ">", 1002: "I", 1003: "V", 11: "N"}

@@ -2,8 +2,7 @@
 import numpy as np
 import pytest
 
-from mmjax.data import (DigitsSource, ImageFolderSource, make_iterator, make_pipeline, split_indices,
-                        write_image_folder)
+from mmjax.data import DigitsSource, ImageFolderSource, make_iterator, make_pipeline, split_indices, write_image_folder
 
 
 def test_split_sizes_disjoint_and_covering():

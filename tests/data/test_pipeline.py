@@ -5,8 +5,7 @@ import grain
 import numpy as np
 import pytest
 
-from mmjax.data import (iterator_state_to_json, make_eval_pipeline, make_iterator, make_pipeline,
-                        stack_examples)
+from mmjax.data import iterator_state_to_json, make_eval_pipeline, make_iterator, make_pipeline, stack_examples
 
 
 def _source(n: int) -> list[dict[str, np.ndarray]]:

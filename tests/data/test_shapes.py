@@ -7,8 +7,19 @@ import numpy as np
 import pytest
 
 from mmjax.data.llava_json import LlavaJsonSource
-from mmjax.data.shapes import (LETTERS, POSITIONS, RGB, SceneSpec, Shape, caption, count_kind,
-                               draw_scene, make_examples, random_scene, write_llava_dataset)
+from mmjax.data.shapes import (
+  LETTERS,
+  POSITIONS,
+  RGB,
+  SceneSpec,
+  Shape,
+  caption,
+  count_kind,
+  draw_scene,
+  make_examples,
+  random_scene,
+  write_llava_dataset,
+)
 
 
 def test_draw_scene_puts_shapes_in_their_cells():

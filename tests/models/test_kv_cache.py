@@ -7,7 +7,8 @@ import pytest
 
 from mmjax.models import init_cache
 from mmjax.weights import from_pretrained
-from tests.models.hf_reference import save_qwen2
+from tests.hf_models import save_qwen2
+from tests.numerics import assert_close_programs
 
 
 @pytest.fixture(scope='module')
@@ -36,7 +37,7 @@ def test_left_padded_prefill_and_decode_match_full_sequence(model):
   cache = init_cache(module.config, 2, 12)
   out = step(params, tokens[:, :prompt_len], prompt_mask, cache)
   real = prompt_mask.astype(bool)
-  np.testing.assert_allclose(np.asarray(out.logits)[real], expected[:, :prompt_len][real], atol=1e-5)
+  assert_close_programs(np.asarray(out.logits)[real], expected[:, :prompt_len][real])
   np.testing.assert_array_equal(out.cache.lengths, [prompt_len] * 2)
   np.testing.assert_array_equal(out.cache.valid[:, :prompt_len], real)
   assert not out.cache.valid[:, prompt_len:].any()
@@ -45,7 +46,7 @@ def test_left_padded_prefill_and_decode_match_full_sequence(model):
   for size in (2, 1, 1, 1):
     chunk = tokens[:, position:position + size]
     out = step(params, chunk, np.ones_like(chunk, np.int32), out.cache)
-    np.testing.assert_allclose(out.logits, expected[:, position:position + size], atol=1e-5)
+    assert_close_programs(out.logits, expected[:, position:position + size])
     position += size
   np.testing.assert_array_equal(out.cache.lengths, [prompt_len + new_tokens] * 2)
 
@@ -64,7 +65,7 @@ def test_rows_with_different_cache_lengths(model):
     ids = np.array([[tokens[b, n + t]] for b, n in enumerate(prompt_lens)])
     out = step(params, ids, np.ones((2, 1), np.int32), cache)
     for b, n in enumerate(prompt_lens):
-      np.testing.assert_allclose(out.logits[b, 0], expected[b, n + t], atol=1e-5)
+      assert_close_programs(out.logits[b, 0], expected[b, n + t])
     cache = out.cache
   np.testing.assert_array_equal(cache.lengths, [8, 5])
 
@@ -78,8 +79,7 @@ def test_padding_inside_a_decode_chunk_is_skipped(model):
   out = step(params, tokens[:, 5:6], np.ones((2, 1), np.int32), idle.cache)
   np.testing.assert_array_equal(out.cache.valid[:, :6], [[1] * 6, [1, 1, 1, 1, 0, 1]])
   skipped = np.concatenate([tokens[:, :4], tokens[:, 5:6]], axis=1)
-  np.testing.assert_allclose(out.logits[1, 0], full(params, skipped, np.ones_like(skipped, np.int32))[1, -1],
-                             atol=1e-5)
+  assert_close_programs(out.logits[1, 0], full(params, skipped, np.ones_like(skipped, np.int32))[1, -1])
 
 
 @pytest.mark.parametrize('attn_impl', ['xla', 'pallas'])
@@ -100,7 +100,7 @@ def test_contiguous_cache_decodes_by_lengths_like_the_mask_path(model, attn_impl
     ref = step(params, ids, None, masked)
     got = by_lengths(params, ids, fast)
     assert got.cache.contiguous
-    np.testing.assert_allclose(got.logits, ref.logits, atol=2e-5)
+    assert_close_programs(got.logits, ref.logits)
     np.testing.assert_array_equal(got.cache.valid, ref.cache.valid)
     masked, fast = ref.cache, got.cache
   jaxpr = str(jax.make_jaxpr(lambda p, ids, c: module.clone(attn_impl=attn_impl).apply({'params': p}, ids, cache=c))(

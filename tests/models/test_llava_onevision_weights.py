@@ -11,7 +11,9 @@ from jax.sharding import AxisType, PartitionSpec as P
 from safetensors.numpy import load_file, save_file
 
 from mmjax.weights import from_pretrained, save_pretrained
-from tests.models.test_llava_onevision import IMAGE, hf_logits, prompts, save_llava
+from tests.hf_models import IMAGE_TOKEN, llava_logits, save_llava
+from tests.models.test_llava_onevision import prompts
+from tests.numerics import assert_close_programs, assert_close_torch, assert_same_program
 
 SIZES = [(30, 50), (64, 32)]
 RULES = {'batch': None, 'length': None, 'embed': 'fsdp', 'mlp': 'tensor', 'heads': 'tensor', 'kv_heads': 'tensor',
@@ -20,7 +22,7 @@ RULES = {'batch': None, 'length': None, 'embed': 'fsdp', 'mlp': 'tensor', 'heads
 
 def _multi_image_inputs(config):
   single = config.side ** 2 + 1
-  ids, mask = prompts([[2, (IMAGE, single), 3, (IMAGE, single), 4]], seed=0)
+  ids, mask = prompts([[2, (IMAGE_TOKEN, single), 3, (IMAGE_TOKEN, single), 4]], seed=0)
   pixels = np.random.default_rng(0).standard_normal((2, 1, 32, 32, 3)).astype(np.float32)
   return ids, mask, pixels
 
@@ -41,12 +43,12 @@ def test_round_trip_through_transformers(tmp_path, tied):
   assert not any(info.values()), info
   ids, mask, pixels = _multi_image_inputs(config)
   kwargs = dict(pixel_values=pixels, image_sizes=SIZES, batch_num_images=[2])
-  np.testing.assert_allclose(hf_logits(reloaded.eval(), ids, mask, **kwargs), hf_logits(reference, ids, mask, **kwargs),
-                             atol=1e-6)
+  expected = llava_logits(reference, ids, mask, **kwargs)
+  assert_close_programs(llava_logits(reloaded.eval(), ids, mask, **kwargs), expected)
   logits = jax.jit(lambda p: module.apply({'params': p}, ids, attention_mask=mask, **kwargs).logits)(params)
-  np.testing.assert_allclose(logits, hf_logits(reference, ids, mask, **kwargs), atol=1e-4)
+  assert_close_torch(logits, expected)
   _, again, _ = from_pretrained(tmp_path / 'out')
-  jax.tree.map(np.testing.assert_array_equal, again, params)
+  assert_same_program(again, params)
 
 
 def test_reads_transformers_5_in_memory_names(tmp_path):
@@ -66,7 +68,7 @@ def test_reads_transformers_5_in_memory_names(tmp_path):
   assert 'model.vision_tower.embeddings.patch_embedding.weight' in renamed and 'lm_head.weight' in renamed
   save_file(renamed, tmp_path / 'model.safetensors', metadata={'format': 'pt'})
   _, again, _ = from_pretrained(tmp_path)
-  jax.tree.map(np.testing.assert_array_equal, again, params)
+  assert_same_program(again, params)
 
 
 def test_missing_and_unexpected_tensors_are_named(tmp_path):
@@ -103,11 +105,11 @@ def test_sharded_load_matches_one_device(tmp_path):
   assert sharded['multi_modal_projector']['linear_2']['kernel'].sharding.spec == P('tensor', 'fsdp')
   assert sharded['image_newline'].sharding.spec == P('fsdp')
   assert sharded['vision_tower']['layers_0']['mlp']['fc1']['kernel'].sharding.spec == P('fsdp', 'tensor')
-  jax.tree.map(np.testing.assert_array_equal, sharded, params)
+  assert_same_program(sharded, params)
   ids, mask, pixels = _multi_image_inputs(config)
   apply = jax.jit(lambda p, ids, mask, pixels: module.apply(
       {'params': p}, ids, attention_mask=mask, pixel_values=pixels, image_sizes=SIZES, batch_num_images=[2]).logits)
   expected = apply(params, ids, mask, pixels)
   with jax.set_mesh(mesh), nn.logical_axis_rules(tuple(RULES.items())):
     logits = apply(sharded, ids, mask, pixels)
-  np.testing.assert_allclose(logits, expected, atol=1e-5)
+  assert_close_programs(logits, expected)

@@ -12,30 +12,17 @@ import numpy as np
 import pytest
 import transformers
 from PIL import Image
-from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 
 from mmjax.data.chat_masking import render_chatml
 from mmjax.models import anyres
-from mmjax.models.llava_onevision import LlavaOnevisionProcessor
 from mmjax.models.llava_image_processing import ImageProcessingConfig
+from mmjax.models.llava_onevision import LlavaOnevisionProcessor
 from mmjax.weights import from_pretrained
-from tests.models.test_llava_onevision import PINPOINTS, hf_logits, save_llava
-
-SPECIAL = ['<|endoftext|>', '<|im_start|>', '<|im_end|>', '<image>', '<video>']
-CORPUS = ['You are a helpful assistant.', 'What is shown in this image? A red circle left of a blue square.',
-          'Which image has more circles? Describe the video.']
-
-
-def _tokenizer() -> Tokenizer:
-  """A small Qwen2-like byte-level BPE tokenizer with ChatML and placeholder special tokens."""
-  tokenizer = Tokenizer(models.BPE())
-  tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-  tokenizer.decoder = decoders.ByteLevel()
-  trainer = trainers.BpeTrainer(vocab_size=300, initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
-                                show_progress=False)
-  tokenizer.train_from_iterator(CORPUS * 4, trainer)
-  tokenizer.add_special_tokens(SPECIAL)
-  return tokenizer
+from tests.hf_models import (
+  llava_logits,
+  save_llava_folder,
+)
+from tests.numerics import assert_close_programs, assert_close_torch
 
 
 def _hf_processor(image_processor, tokenizer, num_image_tokens: int) -> transformers.LlavaOnevisionProcessor:
@@ -53,15 +40,9 @@ def _hf_processor(image_processor, tokenizer, num_image_tokens: int) -> transfor
 def setup(tmp_path_factory):
   """(directory, our processor, HF processor, HF model): one tiny checkpoint with tokenizer and preprocessor."""
   directory = tmp_path_factory.mktemp('llava_processor')
-  tokenizer = _tokenizer()
-  hf_tokenizer = transformers.PreTrainedTokenizerFast(tokenizer_object=tokenizer, pad_token='<|endoftext|>')
-  hf_tokenizer.save_pretrained(directory)
-  # The hub preprocessor_config.json sets mean = std = 0.5 (the class default is CLIP's).
-  image_processor = transformers.LlavaOnevisionImageProcessorPil(
-      image_mean=[0.5] * 3, image_std=[0.5] * 3, size={'height': 32, 'width': 32}, image_grid_pinpoints=PINPOINTS)
-  image_processor.save_pretrained(directory)
-  model = save_llava(directory, vocab_size=tokenizer.get_vocab_size(), image_token=tokenizer.token_to_id('<image>'),
-                     video_token=tokenizer.token_to_id('<video>'))
+  model = save_llava_folder(directory)
+  hf_tokenizer = transformers.PreTrainedTokenizerFast.from_pretrained(directory)
+  image_processor = transformers.LlavaOnevisionImageProcessorPil.from_pretrained(directory)
   ours = LlavaOnevisionProcessor.from_pretrained(directory)
   return directory, ours, _hf_processor(image_processor, hf_tokenizer, 16), model
 
@@ -76,7 +57,7 @@ def _image(height: int, width: int, seed: int, mode: str = 'RGB') -> Image.Image
 def _compare(ours: dict, theirs, keys=('input_ids', 'attention_mask', 'image_sizes', 'batch_num_images')):
   for key in keys:
     np.testing.assert_array_equal(ours[key], theirs[key], err_msg=key)
-  np.testing.assert_allclose(ours['pixel_values'], np.moveaxis(theirs['pixel_values'], 2, -1), atol=1e-5)
+  assert_close_torch(ours['pixel_values'], np.moveaxis(theirs['pixel_values'], 2, -1))
 
 
 def test_single_images_match_transformers(setup):
@@ -121,11 +102,11 @@ def test_processor_inputs_give_transformers_logits(setup):
   logits = jax.jit(lambda p, ids, mask, pixels: module.apply(
       {'params': p}, ids, attention_mask=mask, pixel_values=pixels, **layout).logits)(
           params, out['input_ids'], out['attention_mask'], out['pixel_values'])
-  reference = hf_logits(model, expected['input_ids'], expected['attention_mask'],
-                        np.moveaxis(expected['pixel_values'], 2, -1), expected['image_sizes'],
-                        expected['batch_num_images'])
+  reference = llava_logits(model, expected['input_ids'], expected['attention_mask'],
+                           np.moveaxis(expected['pixel_values'], 2, -1), expected['image_sizes'],
+                           expected['batch_num_images'])
   real = out['attention_mask'].astype(bool)
-  np.testing.assert_allclose(np.asarray(logits)[real], reference[real], atol=1e-4)
+  assert_close_torch(np.asarray(logits)[real], reference[real])
 
 
 def test_video_tokens_and_pixels(setup):
@@ -140,8 +121,8 @@ def test_video_tokens_and_pixels(setup):
   normalise = lambda x: (np.asarray(x, np.float64) / 255 - 0.5) / 0.5  # noqa: E731
   resized = [np.asarray(Image.fromarray(f).resize((32, 32), Image.Resampling.BICUBIC)) for f in other]
   assert out['pixel_values_videos'].shape == (2, 3, 32, 32, 3)
-  np.testing.assert_allclose(out['pixel_values_videos'][0], normalise(at_size), atol=1e-6)
-  np.testing.assert_allclose(out['pixel_values_videos'][1], normalise(np.stack(resized)), atol=1e-6)
+  assert_close_programs(out['pixel_values_videos'][0], normalise(at_size))
+  assert_close_programs(out['pixel_values_videos'][1], normalise(np.stack(resized)))
   # 32 frames of the real tower (27 x 27 cells) -> 32 * 196 + 1.
   assert anyres.video_tokens(32, 27) == 6273
 

@@ -9,7 +9,8 @@ import pytest
 
 from mmjax.models import Qwen2Config, Qwen2ForCausalLM, init_cache
 from mmjax.weights import from_pretrained
-from tests.models.hf_reference import qwen2_logits, save_qwen2
+from tests.hf_models import qwen2_logits, save_qwen2
+from tests.numerics import assert_close_programs, assert_close_torch
 
 P = jax.sharding.PartitionSpec
 
@@ -30,7 +31,7 @@ def test_logits_match_transformers(qwen2):
   ids = np.random.default_rng(0).integers(0, 128, (2, 9))
   logits = run(params, ids, None)
   assert logits.dtype == jnp.float32
-  np.testing.assert_allclose(logits, qwen2_logits(reference, ids), atol=1e-4)
+  assert_close_torch(logits, qwen2_logits(reference, ids))
 
 
 def test_left_padded_logits_match_transformers(qwen2):
@@ -39,9 +40,9 @@ def test_left_padded_logits_match_transformers(qwen2):
   mask = (np.arange(8)[None, :] >= np.array([[0], [3], [6]])).astype(np.int64)
   logits = np.asarray(run(params, ids, mask))
   real = mask.astype(bool)
-  np.testing.assert_allclose(logits[real], qwen2_logits(reference, ids, mask)[real], atol=1e-4)
+  assert_close_torch(logits[real], qwen2_logits(reference, ids, mask)[real])
   # Left padding changes nothing for the real tokens: row 1 equals its unpadded prompt.
-  np.testing.assert_allclose(logits[1, 3:], run(params, ids[1:2, 3:], None)[0], atol=1e-5)
+  assert_close_programs(logits[1, 3:], run(params, ids[1:2, 3:], None)[0])
 
 
 def test_inputs_embeds_and_embed_method(qwen2):
@@ -50,16 +51,16 @@ def test_inputs_embeds_and_embed_method(qwen2):
   embeds = module.apply({'params': params}, ids, method='embed')
   assert embeds.shape == (2, 5, 64)
   from_embeds = jax.jit(lambda p, e: module.apply({'params': p}, inputs_embeds=e).logits)
-  np.testing.assert_allclose(from_embeds(params, embeds), run(params, ids, None), atol=1e-6)
+  assert_close_programs(from_embeds(params, embeds), run(params, ids, None))
 
 
 def test_logits_at_selects_positions(qwen2):
   _, module, params, run = qwen2
   ids = jnp.asarray(np.random.default_rng(4).integers(0, 128, (2, 7)))
   at = jnp.asarray([[6], [2]])
-  picked = module.apply({'params': params}, ids, logits_at=at).logits
+  picked = jax.jit(lambda p, ids, at: module.apply({'params': p}, ids, logits_at=at).logits)(params, ids, at)
   assert picked.shape == (2, 1, 128)
-  np.testing.assert_allclose(picked, jnp.take_along_axis(run(params, ids, None), at[:, :, None], axis=1), atol=1e-6)
+  assert_close_programs(picked, jnp.take_along_axis(run(params, ids, None), at[:, :, None], axis=1))
 
 
 def test_remat_gives_the_same_logits(qwen2):
@@ -67,9 +68,32 @@ def test_remat_gives_the_same_logits(qwen2):
   ids = jnp.asarray(np.random.default_rng(3).integers(0, 128, (2, 5)))
   remat = module.clone(remat=True)
   remat_logits = lambda p: remat.apply({'params': p}, ids).logits  # noqa: E731
-  np.testing.assert_allclose(jax.jit(remat_logits)(params), run(params, ids, None), atol=1e-6)
+  assert_close_programs(jax.jit(remat_logits)(params), run(params, ids, None))
   jaxpr = str(jax.make_jaxpr(remat_logits)(params))
   assert len(re.findall(r'= (?:remat\w*|checkpoint)\[', jaxpr)) == 2
+
+
+def test_forward_mode_matches_reverse_mode(qwen2):
+  """jvp along random parameter and embedding tangents, and jacfwd in the embeddings, against reverse mode."""
+  _, module, params, _ = qwen2
+  rng = np.random.default_rng(5)
+  random = lambda x: jnp.asarray(rng.standard_normal(x.shape), x.dtype)  # noqa: E731
+  embeds = module.apply({'params': params}, jnp.asarray(rng.integers(0, 128, (1, 3))), method='embed')
+  logits = lambda p, e: module.apply({'params': p}, inputs_embeds=e).logits  # noqa: E731
+  tangents, cotangent = (jax.tree.map(random, params), random(embeds)), jnp.asarray(rng.standard_normal((1, 3, 128)))
+
+  @jax.jit
+  def both_modes(params, embeds):
+    _, forward = jax.jvp(logits, (params, embeds), tangents)
+    _, vjp = jax.vjp(logits, params, embeds)
+    # <J t, c> two ways: the jvp's tangent against c, and t against the vjp's cotangent J^T c.
+    adjoint = sum(jnp.vdot(t, g) for t, g in zip(jax.tree.leaves(tangents), jax.tree.leaves(vjp(cotangent))))
+    in_embeds = lambda e: logits(params, e)  # noqa: E731
+    return jnp.vdot(forward, cotangent), adjoint, jax.jacfwd(in_embeds)(embeds), jax.jacrev(in_embeds)(embeds)
+
+  forward, adjoint, jacfwd, jacrev = both_modes(params, embeds)
+  assert_close_programs(forward, adjoint)
+  assert_close_programs(jacfwd, jacrev)
 
 
 def test_parameter_axes():

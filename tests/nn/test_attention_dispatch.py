@@ -9,32 +9,33 @@ from jax.sharding import AxisType
 from mmjax.nn import attention
 from mmjax.nn.attention import dot_product_attention, resolve_impl
 from mmjax.nn.vit import EncoderBlock
+from tests.numerics import assert_close_programs
 
 RULES = (('batch', ('data', 'fsdp')), ('length', None), ('embed', 'fsdp'), ('mlp', 'tensor'),
          ('heads', 'tensor'), ('kv_heads', 'tensor'), ('head_dim', None))
 
 
 def _qkv(b=2, sq=24, sk=24, h=4, hkv=2, d=64, seed=0):
-  ks = jax.random.split(jax.random.PRNGKey(seed), 3)
-  return (jax.random.normal(ks[0], (b, sq, h, d)), jax.random.normal(ks[1], (b, sk, hkv, d)),
-          jax.random.normal(ks[2], (b, sk, hkv, d)))
+  rng = np.random.default_rng(seed)
+  return tuple(jnp.asarray(rng.standard_normal(shape), jnp.float32)
+               for shape in ((b, sq, h, d), (b, sk, hkv, d), (b, sk, hkv, d)))
 
 
 def _block_loss(impl):
   block = EncoderBlock(num_heads=4, mlp_dim=128, attn_impl=impl)
-  x = jax.random.normal(jax.random.PRNGKey(1), (2, 20, 256))
-  params = EncoderBlock(num_heads=4, mlp_dim=128, attn_impl='xla').init(jax.random.PRNGKey(0), x)['params']
-  loss = lambda p, x: jnp.sum(block.apply({'params': p}, x) ** 2)  # noqa: E731
-  return jax.value_and_grad(loss, argnums=(0, 1)), params, x
+  x = jnp.asarray(np.random.default_rng(1).standard_normal((2, 20, 256)), jnp.float32)
+  params = jax.jit(EncoderBlock(num_heads=4, mlp_dim=128, attn_impl='xla').init)(jax.random.PRNGKey(0), x)['params']
+  # Summed over features, averaged over the 40 tokens: gradients of order one, the scale the policy's 1e-5 is for.
+  loss = lambda p, x: jnp.sum(block.apply({'params': p}, x) ** 2) / 40  # noqa: E731
+  # LLVM optimisations off: the interpret-mode kernel compiles ~2.5x faster (as in tests/pallas_kernels).
+  fast = {'xla_backend_optimization_level': 0}
+  return jax.jit(jax.value_and_grad(loss, argnums=(0, 1)), compiler_options=fast), params, x
 
 
 def test_grad_through_a_transformer_block_pallas_matches_xla():
   fx, params, x = _block_loss('xla')
   fp, _, _ = _block_loss('pallas')
-  (lx, gx), (lp, gp) = fx(params, x), fp(params, x)
-  np.testing.assert_allclose(lp, lx, rtol=1e-5)
-  for a, b in zip(jax.tree.leaves(gp), jax.tree.leaves(gx)):
-    np.testing.assert_allclose(a, b, rtol=2e-4, atol=2e-4)
+  assert_close_programs(fp(params, x), fx(params, x))
 
 
 @pytest.mark.parametrize('batch,causal,segments', [(4, True, False), (4, False, True), (2, True, True)])
@@ -48,7 +49,7 @@ def test_pallas_under_a_sharded_mesh_matches_xla(batch, causal, segments):
     got = fn(q, k, v, seg)
     jaxpr = str(jax.make_jaxpr(fn)(q, k, v, seg))
   assert 'shard_map' in jaxpr
-  np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
+  assert_close_programs(got, want)
 
 
 def test_forced_implementations_refuse_with_the_reason(monkeypatch):
@@ -83,9 +84,10 @@ def _decode_qkv(lengths, sq=3, s_max=40):
 
 def _by_hand(q, k, v, lengths):
   """Row by row: the last Sq of the first lengths[b] keys, causal among the queries."""
+  attend = jax.jit(lambda q, k, v: dot_product_attention(q, k, v, causal=True, impl='xla'))
   rows = []
   for b, n in enumerate(np.asarray(lengths)):
-    rows.append(dot_product_attention(q[b:b + 1], k[b:b + 1, :n], v[b:b + 1, :n], causal=True, impl='xla'))
+    rows.append(attend(q[b:b + 1], k[b:b + 1, :n], v[b:b + 1, :n]))
   return jnp.concatenate(rows)
 
 
@@ -93,7 +95,7 @@ def test_kv_lengths_attends_to_the_cached_prefix_only():
   q, k, v, lengths = _decode_qkv([3, 17, 40])
   expected = _by_hand(q, k, v, lengths)
   got = dot_product_attention(q, k, v, causal=True, kv_lengths=lengths, impl='xla')
-  np.testing.assert_allclose(got, expected, atol=1e-5)
+  assert_close_programs(got, expected)
 
 
 def test_kv_lengths_with_pallas_runs_the_decode_kernel(monkeypatch):
@@ -106,7 +108,7 @@ def test_kv_lengths_with_pallas_runs_the_decode_kernel(monkeypatch):
   assert calls, 'the Pallas decode kernel was not used'
   expected = dot_product_attention(q, k, v, causal=True, kv_lengths=lengths, impl='xla')
   # Row 0 has one key for three queries: its first two queries see nothing and must be zeros in both.
-  np.testing.assert_allclose(got, expected, atol=1e-5)
+  assert_close_programs(got, expected)
   assert np.all(np.asarray(got[0, :2]) == 0)
 
 

@@ -8,6 +8,7 @@ import torch
 from diffusers.models.embeddings import get_2d_sincos_pos_embed, get_timestep_embedding
 
 from mmjax.nn import PatchEmbed, sincos_2d_position_embedding, timestep_embedding
+from tests.numerics import assert_close_torch
 
 P = jax.sharding.PartitionSpec
 T = np.array([0.0, 1.0, 3.5, 250.0, 999.0], np.float32)
@@ -24,8 +25,7 @@ def test_timestep_embedding_matches_diffusers(dim, kwargs):
   out = timestep_embedding(jnp.asarray(T), dim, **kwargs)
   assert out.shape == (len(T), dim) and out.dtype == jnp.float32
   # Angles reach 999 * scale radians, which amplify a last-ulp difference in exp(); 1e-3 covers scale=1000.
-  atol = 1e-3 if kwargs.get('scale', 1.0) > 1 else 1e-4
-  np.testing.assert_allclose(out, expected, atol=atol)
+  assert_close_torch(out, expected, tol=1e-3 if kwargs.get('scale', 1.0) > 1 else 1e-4)
   if dim % 2:
     np.testing.assert_array_equal(out[:, -1], 0.0)
 
@@ -44,7 +44,7 @@ def test_sincos_2d_matches_diffusers(grid, kwargs):
   expected = get_2d_sincos_pos_embed(16, grid, **{'base_size': grid[0], **kwargs}).numpy()
   out = sincos_2d_position_embedding(16, grid, **kwargs)
   assert out.shape == (grid[0] * grid[1], 16)
-  np.testing.assert_allclose(out, expected, atol=1e-6)
+  assert_close_torch(out, expected)
 
 
 def test_patch_embed_matches_conv2d():
@@ -57,9 +57,9 @@ def test_patch_embed_matches_conv2d():
   x_nhwc = jnp.asarray(x.transpose(0, 2, 3, 1))
   out = PatchEmbed((2, 4), 8).apply({'params': params}, x_nhwc)
   assert out.shape == (2, 6, 8)
-  np.testing.assert_allclose(out, expected.transpose(0, 2, 3, 1).reshape(2, 6, 8), atol=1e-5)
+  assert_close_torch(out, expected.transpose(0, 2, 3, 1).reshape(2, 6, 8))
   grid = PatchEmbed((2, 4), 8, flatten=False).apply({'params': params}, x_nhwc)
-  np.testing.assert_allclose(grid, expected.transpose(0, 2, 3, 1), atol=1e-5)
+  assert_close_torch(grid, expected.transpose(0, 2, 3, 1))
 
 
 def test_patch_embed_axes_and_errors():

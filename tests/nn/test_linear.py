@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 
 from mmjax.nn import Dense, DenseGeneral
+from tests.numerics import assert_close_programs
 
 P = jax.sharding.PartitionSpec
 RNG = np.random.default_rng(0)
@@ -19,7 +20,7 @@ def test_dense_matches_matmul_and_axes():
   x, kernel, bias = randn(2, 5, 6), randn(6, 4), randn(4)
   layer = Dense(4, ('embed', 'mlp'))
   out = layer.apply({'params': {'kernel': kernel, 'bias': bias}}, x)
-  np.testing.assert_allclose(out, x @ kernel + bias, atol=1e-5)
+  assert_close_programs(out, x @ kernel + bias)
   spec = nn.get_partition_spec(jax.eval_shape(layer.init, jax.random.key(0), x))['params']
   assert spec == {'kernel': P('embed', 'mlp'), 'bias': P('mlp')}
 
@@ -38,15 +39,13 @@ def test_dense_general_projects_to_heads_and_back():
   q_params = {'kernel': randn(12, 3, 4), 'bias': randn(3, 4)}
   h = DenseGeneral((3, 4), ('embed', 'heads', 'head_dim')).apply({'params': q_params}, x)
   assert h.shape == (2, 5, 3, 4)
-  np.testing.assert_allclose(h.reshape(2, 5, 12), x @ q_params['kernel'].reshape(12, 12)
-                             + q_params['bias'].reshape(12), atol=1e-5)
+  assert_close_programs(h.reshape(2, 5, 12), x @ q_params['kernel'].reshape(12, 12) + q_params['bias'].reshape(12))
 
   o_layer = DenseGeneral(7, ('heads', 'head_dim', 'embed'), axis=(-2, -1))
   o_params = {'kernel': randn(3, 4, 7), 'bias': randn(7)}
   y = o_layer.apply({'params': o_params}, h)
   assert y.shape == (2, 5, 7)
-  np.testing.assert_allclose(y, h.reshape(2, 5, 12) @ o_params['kernel'].reshape(12, 7) + o_params['bias'],
-                             atol=1e-5)
+  assert_close_programs(y, h.reshape(2, 5, 12) @ o_params['kernel'].reshape(12, 7) + o_params['bias'])
   spec = nn.get_partition_spec(jax.eval_shape(o_layer.init, jax.random.key(0), h))['params']
   assert spec == {'kernel': P('heads', 'head_dim', 'embed'), 'bias': P('embed')}
 
@@ -56,7 +55,7 @@ def test_dense_general_contracts_non_trailing_axes():
   kernel = randn(3, 5, 6)
   y = DenseGeneral(6, ('heads', 'head_dim', 'embed'), axis=(1, 3), use_bias=False).apply(
       {'params': {'kernel': kernel}}, x)
-  np.testing.assert_allclose(y, np.einsum('bhsd,hde->bse', x, kernel), atol=1e-5)
+  assert_close_programs(y, np.einsum('bhsd,hde->bse', x, kernel))
 
 
 def test_dense_general_init_counts_all_contracted_axes():

@@ -10,6 +10,7 @@ from transformers.activations import ACT2FN
 from transformers.models.qwen2.modeling_qwen2 import Qwen2MLP
 
 from mmjax.nn import Mlp, SwiGLU, get_activation
+from tests.numerics import assert_close_torch
 
 P = jax.sharding.PartitionSpec
 X = np.linspace(-6.0, 6.0, 97, dtype=np.float32)
@@ -19,7 +20,7 @@ X = np.linspace(-6.0, 6.0, 97, dtype=np.float32)
                                              ('silu', 'silu'), ('quick_gelu', 'quick_gelu')])
 def test_activation_matches_transformers(name, torch_name):
   expected = ACT2FN[torch_name](torch.from_numpy(X)).numpy()
-  np.testing.assert_allclose(get_activation(name)(jnp.asarray(X)), expected, atol=1e-6, rtol=1e-6)
+  assert_close_torch(get_activation(name)(jnp.asarray(X)), expected)
 
 
 def test_gelu_and_gelu_tanh_differ():
@@ -47,7 +48,7 @@ def test_mlp_matches_torch_and_axes():
   layer = Mlp(24, out_features=5, activation='gelu_tanh')
   params = {'fc1': _linear_params(fc1), 'fc2': _linear_params(fc2)}
   out = layer.apply({'params': params}, jnp.asarray(x))
-  np.testing.assert_allclose(out, expected, atol=1e-5)
+  assert_close_torch(out, expected)
   spec = nn.get_partition_spec(jax.eval_shape(layer.init, jax.random.key(0), x))['params']
   assert spec['fc1'] == {'kernel': P('embed', 'mlp'), 'bias': P('mlp')}
   assert spec['fc2'] == {'kernel': P('mlp', 'embed'), 'bias': P('embed')}
@@ -61,7 +62,7 @@ def test_swiglu_matches_qwen2_mlp():
   expected = ref(torch.from_numpy(x)).detach().numpy()
   params = {name: _linear_params(getattr(ref, name)) for name in ('gate_proj', 'up_proj', 'down_proj')}
   layer = SwiGLU(40)
-  np.testing.assert_allclose(layer.apply({'params': params}, jnp.asarray(x)), expected, atol=1e-5)
+  assert_close_torch(layer.apply({'params': params}, jnp.asarray(x)), expected)
   variables = jax.eval_shape(layer.init, jax.random.key(0), x)
   assert jax.tree.map(np.shape, nn.unbox(variables)) == jax.tree.map(np.shape, {'params': params})
   spec = nn.get_partition_spec(variables)['params']

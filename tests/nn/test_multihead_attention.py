@@ -11,6 +11,7 @@ from transformers import Qwen2Config
 from transformers.models.qwen2.modeling_qwen2 import Qwen2Attention, Qwen2RotaryEmbedding
 
 from mmjax.nn import MultiHeadAttention
+from tests.numerics import assert_close_torch
 
 P = jax.sharding.PartitionSpec
 
@@ -40,7 +41,7 @@ def test_matches_qwen2_attention_with_rope_and_gqa():
             for name, n in (('q_proj', heads), ('k_proj', kv_heads), ('v_proj', kv_heads), ('o_proj', heads))}
   layer = MultiHeadAttention(heads, head_dim, num_kv_heads=kv_heads, out_bias=False, rope_theta=1000.0)
   out = layer.apply({'params': params}, jnp.asarray(x), causal=True, positions=jnp.asarray(positions))
-  np.testing.assert_allclose(out, expected, atol=1e-5)
+  assert_close_torch(out, expected)
   variables = jax.eval_shape(layer.init, jax.random.key(0), x)
   assert jax.tree.map(np.shape, nn.unbox(variables)['params']) == jax.tree.map(np.shape, params)
 

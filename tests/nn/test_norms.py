@@ -8,6 +8,7 @@ import torch
 from transformers.models.qwen2.modeling_qwen2 import Qwen2RMSNorm
 
 from mmjax.nn import LayerNorm, RMSNorm
+from tests.numerics import assert_close_torch
 
 P = jax.sharding.PartitionSpec
 
@@ -25,7 +26,7 @@ def test_rmsnorm_matches_qwen2():
   expected = ref(torch.from_numpy(x)).detach().numpy()
   layer = RMSNorm(eps=1e-5)
   out = layer.apply({'params': {'scale': jnp.asarray(w)}}, jnp.asarray(x))
-  np.testing.assert_allclose(out, expected, atol=1e-5, rtol=1e-5)
+  assert_close_torch(out, expected)
   assert nn.get_partition_spec(jax.eval_shape(layer.init, jax.random.key(0), x))['params']['scale'] == P('embed')
 
 
@@ -37,7 +38,11 @@ def test_rmsnorm_bf16_casts_back_before_scaling():
   out = RMSNorm(param_dtype=jnp.bfloat16).apply({'params': {'scale': jnp.asarray(w, jnp.bfloat16)}},
                                                 jnp.asarray(x, jnp.bfloat16))
   assert out.dtype == jnp.bfloat16
-  np.testing.assert_array_equal(out.astype(jnp.float32), expected)
+  # Torch and XLA may round the float32 rsqrt differently in its last bit, which can flip a bf16 rounding now and
+  # then; multiplying in float32 before the cast (the wrong order) changes about a quarter of the 160 values.
+  out = np.asarray(out.astype(jnp.float32))
+  assert np.sum(out != expected) <= 2
+  np.testing.assert_allclose(out, expected, rtol=2 ** -8, atol=0)
 
 
 @pytest.mark.parametrize('use_scale,use_bias', [(True, True), (True, False), (False, False)])
@@ -55,7 +60,7 @@ def test_layernorm_matches_torch(use_scale, use_bias):
   expected = ref(torch.from_numpy(x)).detach().numpy()
   layer = LayerNorm(eps=1e-5, use_scale=use_scale, use_bias=use_bias)
   out = layer.apply({'params': params}, jnp.asarray(x))
-  np.testing.assert_allclose(out, expected, atol=1e-5, rtol=1e-5)
+  assert_close_torch(out, expected)
   assert set(jax.eval_shape(layer.init, jax.random.key(0), x).get('params', {})) == set(params)
 
 

@@ -8,6 +8,7 @@ from transformers import Qwen2Config
 from transformers.models.qwen2.modeling_qwen2 import Qwen2RotaryEmbedding, apply_rotary_pos_emb
 
 from mmjax.nn import apply_rope, rope_frequencies
+from tests.numerics import assert_close_programs, assert_close_torch
 
 
 @pytest.mark.parametrize('theta', [10000.0, 1e6])
@@ -23,8 +24,8 @@ def test_apply_rope_matches_hf(theta):
   cos, sin = Qwen2RotaryEmbedding(config)(torch.from_numpy(q), torch.from_numpy(positions).long())
   q_ref, k_ref = apply_rotary_pos_emb(torch.from_numpy(q), torch.from_numpy(k), cos, sin, unsqueeze_dim=2)
   pos = jnp.asarray(positions)
-  np.testing.assert_allclose(apply_rope(jnp.asarray(q), pos, theta=theta), q_ref.numpy(), atol=1e-5, rtol=1e-5)
-  np.testing.assert_allclose(apply_rope(jnp.asarray(k), pos, theta=theta), k_ref.numpy(), atol=1e-5, rtol=1e-5)
+  assert_close_torch(apply_rope(jnp.asarray(q), pos, theta=theta), q_ref.numpy())
+  assert_close_torch(apply_rope(jnp.asarray(k), pos, theta=theta), k_ref.numpy())
 
 
 def test_rope_scores_depend_only_on_relative_position():
@@ -34,7 +35,8 @@ def test_rope_scores_depend_only_on_relative_position():
   def score(m: int, n: int) -> jax.Array:
     return jnp.sum(apply_rope(q, jnp.array([[m]])) * apply_rope(k, jnp.array([[n]])))
 
-  np.testing.assert_allclose(score(5, 2), score(103, 100), atol=1e-4)
+  # Angles at position 103 carry ~100x the rounding of those at 5, so this is looser than the policy's 1e-5.
+  assert_close_programs(score(5, 2), score(103, 100), tol=1e-4)
   assert abs(float(score(5, 2)) - float(score(5, 3))) > 1e-3
 
 

@@ -6,23 +6,23 @@ import jax.extend.core as jex_core
 import jax.numpy as jnp
 import numpy as np
 
+from tests import numerics
+
 MAX_OPERAND_BYTES = 1 << 20
 MAX_GRID_STEPS = 64
 
-# PERFORMANCE.md §1: fp32 tight; bf16 forward ~2e-2 and gradients ~5e-2, relative to the values' scale.
-FORWARD_TOL = {jnp.dtype(jnp.float32): 2e-5, jnp.dtype(jnp.bfloat16): 2e-2}
-GRAD_TOL = {jnp.dtype(jnp.float32): 1e-4, jnp.dtype(jnp.bfloat16): 5e-2}
+# A kernel against its reference is two XLA programs: float32 takes the policy's 1e-5 (tests/numerics.py).
+# bfloat16 (8 mantissa bits, ~4e-3 per rounding) is looser: forward ~2e-2, and gradients ~5e-2 since the backward
+# rounds through more matmuls.
+FORWARD_TOL = {jnp.dtype(jnp.float32): numerics.PROGRAMS, jnp.dtype(jnp.bfloat16): 2e-2}
+GRAD_TOL = {jnp.dtype(jnp.float32): numerics.PROGRAMS, jnp.dtype(jnp.bfloat16): 5e-2}
 
 
 def assert_close(actual, expected, tol: float, what: str) -> None:
-  """max |actual - expected| <= tol * max(1, max |expected|)."""
-  actual = np.asarray(actual).astype(np.float32)
-  expected = np.asarray(expected).astype(np.float32)
-  assert actual.shape == expected.shape, (what, actual.shape, expected.shape)
+  """Finite, and |actual - expected| <= tol + tol * |expected| elementwise (compared in float32)."""
+  actual, expected = np.asarray(actual).astype(np.float32), np.asarray(expected).astype(np.float32)
   assert np.all(np.isfinite(actual)), f"{what}: non-finite values"
-  scale = max(1.0, float(np.max(np.abs(expected))))
-  err = float(np.max(np.abs(actual - expected)))
-  assert err <= tol * scale, f"{what}: max error {err:.3g} > {tol} * {scale:.3g}"
+  numerics.assert_close({what: actual}, {what: expected}, tol=tol)
 
 
 def normal(rng: np.random.Generator, shape, dtype) -> np.ndarray:

@@ -39,6 +39,7 @@ def test_saved_gpu_runs_are_recorded_as_markdown(tmp_path):
 
 def test_gpu_only_benchmarks_refuse_on_cpu(monkeypatch):
   import sys
+
   from experiments.bench import lm_mfu
   monkeypatch.setattr(sys, "argv", ["lm_mfu.py", "--no-torch"])
   assert lm_mfu.main() == 2

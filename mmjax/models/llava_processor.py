@@ -26,7 +26,10 @@ DEFAULT_SYSTEM_MESSAGE = 'You are a helpful assistant.'
 def _read_json(path: Path) -> dict[str, Any]:
   if not path.is_file():
     raise FileNotFoundError(f'{path} does not exist.')
-  return json.loads(path.read_text())
+  try:
+    return json.loads(path.read_text())
+  except json.JSONDecodeError as e:
+    raise ValueError(f'{path} is not valid JSON: {e.msg} at line {e.lineno}, column {e.colno}.') from None
 
 
 class LlavaOnevisionProcessor:

@@ -11,9 +11,9 @@ from mmjax.weights.key_map import KeyMap, ModelSpec, Target, Transform
 from mmjax.weights.load import load_into, open_source
 from mmjax.weights.pretrained import from_pretrained, save_pretrained
 from mmjax.weights.registry import DIFFUSERS_SPECS, LAYOUTS, MODEL_SPECS
-from mmjax.weights.source import WeightsMismatchError
+from mmjax.weights.source import WeightsFileError, WeightsMismatchError
 from mmjax.weights.workdir import WorkdirStep, read_workdir_params
 
 __all__ = ['DIFFUSERS_SPECS', 'LAYOUTS', 'MODEL_SPECS', 'KeyMap', 'ModelSpec', 'Target', 'Transform',
-           'WeightsMismatchError', 'WorkdirStep', 'from_pretrained', 'hf_to_orbax', 'initial_params', 'load_into',
-           'open_source', 'orbax_to_hf', 'read_workdir_params', 'save_pretrained']
+           'WeightsFileError', 'WeightsMismatchError', 'WorkdirStep', 'from_pretrained', 'hf_to_orbax',
+           'initial_params', 'load_into', 'open_source', 'orbax_to_hf', 'read_workdir_params', 'save_pretrained']

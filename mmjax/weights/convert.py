@@ -61,7 +61,7 @@ def orbax_to_hf(src: str | os.PathLike, out_dir: str | os.PathLike, *,
     config_file = Path(hf_config) / 'config.json' if Path(hf_config).is_dir() else Path(hf_config)
   if config_file is None or not config_file.is_file():
     raise FileNotFoundError(f'No HF config for {src}: pass --hf_config=<config.json or HF directory>')
-  hf_dict = json.loads(config_file.read_text())
+  hf_dict = read_config(config_file)
   spec = spec_for_config(hf_dict, str(config_file))
   config = spec.config_cls.from_hf_dict(hf_dict)
   module = spec.build(config, jnp.float32)

@@ -8,7 +8,6 @@ load through it.
 from __future__ import annotations
 
 import dataclasses
-import json
 import os
 from collections.abc import Sequence
 from pathlib import Path
@@ -22,6 +21,8 @@ from absl import logging
 from mmjax.models.llava_onevision import LlavaOnevisionForConditionalGeneration, LlavaOnevisionProcessor
 from mmjax.weights.pretrained import from_pretrained
 from mmjax.weights.registry import spec_for_config
+from mmjax.weights.safetensors_io import read_json_object
+from mmjax.weights.safetensors_source import read_config
 from mmjax.weights.workdir import read_workdir_params
 
 DTYPES = ('float32', 'bfloat16', 'float16')
@@ -86,7 +87,7 @@ def hf_directory(checkpoint: str | os.PathLike, base: str | os.PathLike | None =
 def _from_workdir(workdir: Path, hf_dir: Path, dtype: jnp.dtype) -> tuple[Any, Any]:
   """(module, params) of the latest finished step of a trainer workdir (its EMA where kept), with hf_dir's
   architecture (mmjax.weights.read_workdir_params)."""
-  hf_config = json.loads((hf_dir / 'config.json').read_text())
+  hf_config = read_config(hf_dir)
   spec = spec_for_config(hf_config, str(hf_dir / 'config.json'))
   config = spec.config_cls.from_hf_dict(hf_config)
   module = spec.build(config, dtype)
@@ -109,7 +110,7 @@ def eos_token_ids(hf_dir: str | os.PathLike) -> tuple[int, ...]:
   """EOS ids from generation_config.json, else config.json; () when neither names one."""
   for name in ('generation_config.json', 'config.json'):
     path = Path(hf_dir) / name
-    eos = json.loads(path.read_text()).get('eos_token_id') if path.is_file() else None
+    eos = read_json_object(path).get('eos_token_id') if path.is_file() else None
     if eos is not None:
       return tuple(eos) if isinstance(eos, list) else (eos,)
   return ()

@@ -46,7 +46,10 @@ def from_pretrained(path: str | os.PathLike, dtype: DTypeLike = jnp.float32, *, 
     (module, params, config): `module.apply({'params': params}, ...)` runs the model.
 
   Raises:
-    FileNotFoundError: no config.json, or no safetensors weights (pickle-only directories included).
+    FileNotFoundError: no config.json, no safetensors weights (pickle-only directories included), or a shard the
+      index lists is absent.
+    WeightsFileError (a ValueError): a config.json, index or weight file that cannot be read (not JSON, empty,
+      truncated, not safetensors, a pickle, an index that disagrees with its shards), named with its shard.
     ValueError: unsupported model_type or config; missing, unexpected or misshapen tensors (all named).
   """
   if rules is not None and mesh is None:

@@ -31,6 +31,9 @@ LAYOUTS: dict[str, Layout] = {
 
 def spec_for_model_type(model_type: str | None, source: str = 'config.json') -> ModelSpec:
   """The spec registered for `model_type`; ValueError naming `source` and the supported types otherwise."""
+  if model_type is None:
+    raise ValueError(f'{source} has no model_type (nor a diffusers _class_name); supported model types: '
+                     f'{sorted(MODEL_SPECS)}.')
   if model_type not in MODEL_SPECS:
     raise ValueError(f'{source}: unsupported model_type {model_type!r}; supported: {sorted(MODEL_SPECS)}.')
   return MODEL_SPECS[model_type]

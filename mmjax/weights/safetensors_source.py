@@ -2,7 +2,6 @@
 named layout (key map from the target's shapes)."""
 from __future__ import annotations
 
-import json
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -11,21 +10,21 @@ import jax
 
 from mmjax.weights.key_map import KeyMap, ModelSpec, ParamPath, Shapes, Target
 from mmjax.weights.registry import layout, spec_for_config
-from mmjax.weights.safetensors_io import read_tensors, stored_tensors, weight_files
-from mmjax.weights.source import Source, place, preview
+from mmjax.weights.safetensors_io import WeightFiles, read_json_object, read_tensors, stored_tensors, weight_files
+from mmjax.weights.source import Source, WeightsFileError, place, preview
 
 
 class SafetensorsSource(Source):
-  """The tensors of `files` mapped to flax paths by `key_map`.
+  """The tensors of `weights` mapped to flax paths by `key_map`.
 
   The files must match the key map exactly (ignored names aside): a folder whose weights disagree with its own
   config.json is broken whatever the target, so that is checked here, naming the missing and unexpected tensors.
   """
 
-  def __init__(self, files: list[Path], key_map: KeyMap, where: str, described_by: str):
+  def __init__(self, weights: WeightFiles, key_map: KeyMap, where: str, described_by: str):
     self.where = where
     self._key_map = key_map
-    stored = stored_tensors(files)
+    stored = stored_tensors(weights)
     canonical: dict[str, str] = {}
     for name in stored:
       if key_map.canonical(name) in canonical:
@@ -40,7 +39,7 @@ class SafetensorsSource(Source):
     # flax path -> (canonical name, name in the file, where it is stored)
     self._tensors = {target.path: (name, canonical[name], stored[canonical[name]])
                      for name, target in key_map.targets.items()}
-    self._sharded = len(files) > 1
+    self._sharded = len(weights.files) > 1
 
   @property
   def paths(self) -> frozenset[ParamPath]:
@@ -71,27 +70,35 @@ class SafetensorsSource(Source):
     return out
 
 
-def read_config(directory: Path) -> dict[str, Any]:
-  """The config.json of an HF or diffusers folder; FileNotFoundError naming the folder when it has none."""
-  config_file = directory / 'config.json'
+def read_config(path: Path) -> dict[str, Any]:
+  """The config.json of an HF or diffusers folder (`path`: the folder or the file itself).
+
+  Raises FileNotFoundError naming the folder when it has none, WeightsFileError naming the file (and the line and
+  column) when it is not a JSON object.
+  """
+  config_file = path if path.is_file() else path / 'config.json'
   if not config_file.is_file():
-    raise FileNotFoundError(f'{directory} has no config.json.')
-  return json.loads(config_file.read_text())
+    raise FileNotFoundError(f'{config_file.parent} has no {config_file.name}.')
+  return read_json_object(config_file)
 
 
 def folder_source(directory: Path) -> tuple[SafetensorsSource, ModelSpec, Any]:
   """(source, spec, model config) of an HF (`model_type`) or diffusers (`_class_name`) folder."""
   hf_config = read_config(directory)
-  spec = spec_for_config(hf_config, str(directory / 'config.json'))
-  config = spec.config_cls.from_hf_dict(hf_config)
-  files = weight_files(directory)
-  where = str(files[0]) if len(files) == 1 else f'{directory} ({len(files)} shards)'
-  return SafetensorsSource(files, spec.key_map(config), where, 'config.json'), spec, config
+  config_file = directory / 'config.json'
+  spec = spec_for_config(hf_config, str(config_file))
+  try:
+    config = spec.config_cls.from_hf_dict(hf_config)
+  except ValueError as e:  # the config classes name the model, not the file
+    raise WeightsFileError(f'{config_file}: {e}') from None
+  weights = weight_files(directory)
+  where = str(weights.files[0]) if len(weights.files) == 1 else f'{directory} ({len(weights.files)} shards)'
+  return SafetensorsSource(weights, spec.key_map(config), where, 'config.json'), spec, config
 
 
 def layout_source(path: Path, layout_name: str, shapes: Shapes) -> SafetensorsSource:
   """The source of a .safetensors file (or a folder's weight files) in the registered layout `layout_name`, whose
   key map follows the shapes (flax path -> shape, in the file's own path space) the target wants."""
-  files = [path] if path.is_file() else weight_files(path)
-  where = str(files[0]) if len(files) == 1 else f'{path} ({len(files)} shards)'
-  return SafetensorsSource(files, layout(layout_name)(shapes), where, f'the {layout_name!r} layout of the model')
+  weights = WeightFiles([path]) if path.is_file() else weight_files(path)
+  where = str(weights.files[0]) if len(weights.files) == 1 else f'{path} ({len(weights.files)} shards)'
+  return SafetensorsSource(weights, layout(layout_name)(shapes), where, f'the {layout_name!r} layout of the model')

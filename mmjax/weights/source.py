@@ -23,6 +23,12 @@ class WeightsMismatchError(ValueError):
   """A checkpoint's parameters do not fit the model: the message names every difference and the checkpoint."""
 
 
+class WeightsFileError(ValueError):
+  """A weight file, index, config.json or orbax checkpoint that is present but cannot be read (truncated, empty,
+  not JSON, not safetensors, a pickle, an index that disagrees with its shards): the message names the file (and
+  shard) and the problem. Absent files are FileNotFoundError."""
+
+
 class Source(abc.ABC):
   """Parameters of one checkpoint by flax path (relative to the checkpoint model's root).
 

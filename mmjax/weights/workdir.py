@@ -18,7 +18,8 @@ from etils import epath
 from flax.traverse_util import flatten_dict, unflatten_dict
 
 from mmjax.weights.key_map import ParamPath
-from mmjax.weights.source import Source, WeightsMismatchError, fill, preview
+from mmjax.weights.safetensors_io import read_json_object
+from mmjax.weights.source import Source, WeightsFileError, WeightsMismatchError, fill, preview
 
 EMA_KEYS = ('ema', 'ema_params')  # where a train state keeps its EMA (the first present wins)
 _FINISHED = '_METADATA'  # orbax writes it into an item directory before the step is renamed into place
@@ -73,8 +74,23 @@ def as_path(path: str | os.PathLike) -> epath.Path:
 
 
 def _metadata(directory: epath.Path) -> dict[str, Any]:
+  """The stored tree (nested dicts of array metadata: shape, dtype) of the orbax PyTree item at `directory`.
+
+  Raises FileNotFoundError when the directory is absent, WeightsFileError naming it when its _METADATA is missing
+  or not orbax's JSON, or orbax cannot read its array metadata (deleted or damaged array files).
+  """
+  if not directory.is_dir():
+    raise FileNotFoundError(f'{directory} does not exist or is not a directory.')
+  if not (directory / _FINISHED).is_file():
+    raise WeightsFileError(f'{directory} has no {_FINISHED}: the save that wrote it did not finish, or it was '
+                           'copied in part.')
+  if not isinstance(read_json_object(directory / _FINISHED).get('tree_metadata'), dict):
+    raise WeightsFileError(f'{directory / _FINISHED} holds no orbax tree_metadata; the checkpoint is damaged.')
   with ocp.PyTreeCheckpointer() as ckptr:
-    return ckptr.metadata(directory).item_metadata.tree
+    item = ckptr.metadata(directory).item_metadata
+  if item is None:
+    raise WeightsFileError(f'{directory}: orbax cannot read its array metadata (array files deleted or damaged).')
+  return item.tree
 
 
 def params_checkpoint_source(directory: str | os.PathLike) -> OrbaxSource:

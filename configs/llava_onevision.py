@@ -167,7 +167,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     # evaluation (scored both by option letter and by ranking the options' texts). A 48 px image fills one crop
     # (si/ov: AnyRes grid 1x1, base + 1 tile = 21 tokens; 10 tokens per image of a multi-image question).
     c.data.shapes = ml_collections.ConfigDict({'captions': 3000, 'train': 3000, 'eval': 400, 'image_size': 48,
-                                               'seed': 0, 'multi_image_fraction': 0.3})
+                                               'seed': 0, 'multi_image_fraction': 0.3,
+                                               # '' = the user's cache: $XDG_CACHE_HOME/mmjax/shapes, ~/.cache/...
+                                               'cache_dir': ''})
     c.data.loss_masking = 'assistant'
     c.data.max_length = 96  # the generated captions and answers take at most ~80 tokens
     c.eval.max_length = 192  # the multiple-choice questions list their options: up to ~190

@@ -71,6 +71,7 @@ def make_experiment(config: ml_collections.ConfigDict) -> Experiment:
     raise ValueError(f"config.data.loss_masking must be 'original' or 'assistant', got {config.data.loss_masking!r}")
   train_src = sources.train_source(config)
   eval_src = sources.eval_source(config)
+  sources.verify_images(train_src, eval_src)  # every file now, not when its batch comes
   processor = make_processor(config, train_src, eval_src)
   cfg = model_lib.model_config(config, processor.image_token_id, processor.video_token_id)
   if config.data.processor:

@@ -10,7 +10,8 @@ from pathlib import Path
 import ml_collections
 import numpy as np
 
-from mmjax.data import LlavaJsonSource, load_mixture, write_llava_dataset
+from mmjax.data import LlavaJsonSource, check_images, load_mixture, write_llava_dataset
+from mmjax.data.llava_json import load_image
 from mmjax.data.mixture import MixtureSource
 from mmjax.data.shapes import LETTERS, caption, make_examples, random_scene
 
@@ -55,13 +56,21 @@ def write_qa_dataset(root: str | os.PathLike, n: int, seed: int, *, size: int, m
       {'from': 'gpt', 'value': ex['options'][LETTERS.index(ex['answer'])]}]}, ex['images']) for ex in examples))
 
 
+def shapes_cache(shapes: ml_collections.ConfigDict) -> Path:
+  """The folder of the generated shapes sets: shapes.cache_dir, else the user's own cache, $XDG_CACHE_HOME/mmjax/shapes
+  or ~/.cache/mmjax/shapes (never a fixed folder under /tmp, which every user of a machine shares)."""
+  if shapes.get('cache_dir'):
+    return Path(shapes.cache_dir).expanduser()
+  return Path(os.environ.get('XDG_CACHE_HOME') or Path.home() / '.cache') / 'mmjax' / 'shapes'
+
+
 def shapes_json(shapes: ml_collections.ConfigDict, split: str) -> Path:
-  """data.json of a generated shapes split, written once into a cache folder under the system temp directory and
-  reused: 'captions' (captioning), 'train' (questions answered in words) or 'eval' (the same kinds of questions,
-  another seed, as multiple choice with option letters)."""
+  """data.json of a generated shapes split, written once into `shapes_cache(shapes)` and reused: 'captions'
+  (captioning), 'train' (questions answered in words) or 'eval' (the same kinds of questions, another seed, as
+  multiple choice with option letters)."""
   n, seed = int(shapes[split]), int(shapes.seed) + {'train': 0, 'eval': 1, 'captions': 2}[split]
   name = f'{split}_{FORMATS[split]}_n{n}_seed{seed}_{shapes.image_size}px_multi{shapes.multi_image_fraction}'
-  root = Path(tempfile.gettempdir()) / 'mmjax_shapes' / name
+  root = shapes_cache(shapes) / name
   if not (root / 'data.json').is_file():
     root.parent.mkdir(parents=True, exist_ok=True)
     scratch = Path(tempfile.mkdtemp(dir=root.parent, prefix=f'.{name}.'))
@@ -116,6 +125,20 @@ def eval_source(config: ml_collections.ConfigDict) -> LlavaJsonSource | None:
   if config.variant == 'smoke' and not (config.data.json or config.data.mixture):
     return LlavaJsonSource(shapes_json(config.data.shapes, 'eval'))
   return None
+
+
+def verify_images(*data: LlavaJsonSource | MixtureSource | None) -> None:
+  """Decodes every image (and video frame image) of the given sources' selected examples before the run starts, in
+  parallel; raises one ImageReadError naming every file that is missing or does not decode."""
+  files, names = [], []
+  for source in data:
+    if isinstance(source, MixtureSource):
+      files += [f for part in source.parts for f in part.source.image_files(part.indices)]
+      names += [str(part.json_path) for part in source.parts]
+    elif source is not None:
+      files += source.image_files()
+      names.append(str(source.path))
+  check_images(files, what=f'the images of {", ".join(dict.fromkeys(names))}', decode=load_image)
 
 
 def conversation_texts(source: LlavaJsonSource | MixtureSource) -> list[str]:

@@ -9,7 +9,6 @@ options stay in (they can only be answered by that letter) and are counted in `g
 from __future__ import annotations
 
 import collections
-import os
 from collections.abc import Sequence
 
 import numpy as np
@@ -17,11 +16,13 @@ import numpy as np
 from experiments.mmiu.data import MMIUExample, resolve_image
 from experiments.mmiu.judge import judge_prompt, parse_judgement
 from experiments.mmiu.tasks import QUESTION_FIRST, RELATIONS
+from mmjax.data import check_images
 from mmjax.evals.choice import match_choice
 from mmjax.evals.fitting import subsample_images
 from mmjax.evals.metrics import accuracy, group_mean, mean
 from mmjax.evals.prompt import Prompt, Responder, fits
 from mmjax.evals.report import Chart, Scores, Table
+from mmjax.models.llava_image_processing import load_rgb
 
 ANSWER_INSTRUCTION = '\nPlease answer the option directly like A,B,C,D...'
 # Responses that the official runner writes when it could not ask the model: scored as no answer.
@@ -88,12 +89,10 @@ class MMIUBenchmark:
     return tuple(resolve_image(p, ex.relation, self.image_root) for p in ex.images)
 
   def check_images(self) -> None:
-    """Raises FileNotFoundError listing the missing image files (up to 10) and their count."""
-    missing = [(i, f) for i in range(len(self)) for f in self.image_files(i) if not os.path.exists(f)]
-    if missing:
-      shown = '\n  '.join(f'example {i}: {f}' for i, f in missing[:10])
-      raise FileNotFoundError(f'MMIU: {len(missing)} image files are missing under image root '
-                              f'{self.image_root!r}, e.g.\n  {shown}')
+    """Decodes every image file as the model responder will (in parallel, with a progress bar) before a model
+    loads; raises one ImageReadError naming every missing or undecodable file (the first 20) and their count."""
+    check_images([f for i in range(len(self)) for f in self.image_files(i)],
+                 what=f'MMIU images under image root {self.image_root!r}', decode=load_rgb)
 
   def prompt(self, index: int, responder: Responder) -> tuple[Prompt, dict]:
     ex = self.examples[index]

@@ -15,7 +15,7 @@ import optax
 
 from experiments.vit_digits.model import ViTClassifier
 from experiments.vit_digits.report import write_prediction_grid
-from mmjax.data import DigitsSource, ImageFolderSource, make_eval_pipeline, make_pipeline
+from mmjax.data import DigitsSource, ImageFolderSource, make_eval_pipeline, make_pipeline, verify_image_folders
 from mmjax.train import Context, Experiment
 
 
@@ -41,9 +41,8 @@ def make_sources(config: ml_collections.ConfigDict):
   size = (d.image_size, d.image_size)
   train = ImageFolderSource(os.path.join(d.dir, 'train'), image_size=size, grayscale=d.grayscale)
   test = ImageFolderSource(os.path.join(d.dir, 'test'), image_size=size, grayscale=d.grayscale)
-  if d.verify:  # decode every file now, so a bad one fails the run before training starts
-    train.verify()
-    test.verify()
+  if d.verify:  # decode every file of both splits now, so bad ones fail the run before training starts, all named
+    verify_image_folders([train, test])
   if train.classes != test.classes:
     raise ValueError(f'{d.dir}: train classes {train.classes} differ from test classes {test.classes}')
   return train, test, len(train.classes)

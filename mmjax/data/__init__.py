@@ -2,7 +2,8 @@
 from mmjax.data.chat_masking import IGNORE_INDEX, QWEN2_TOKEN_IDS, ChatTokenIds, render_chatml, tokenize_conversation
 from mmjax.data.digits import DigitsSource, split_indices, write_image_folder
 from mmjax.data.global_batch import make_global_batch
-from mmjax.data.image_folder import ImageFolderSource, ImageReadError
+from mmjax.data.image_check import check_images
+from mmjax.data.image_folder import ImageFolderSource, ImageReadError, verify_image_folders
 from mmjax.data.iterator import iterator_state_to_json, make_iterator
 from mmjax.data.llava_json import LlavaJsonSource
 from mmjax.data.mixture import MixturePart, MixtureSource, load_mixture, sample_indices
@@ -30,6 +31,7 @@ __all__ = [
     "DigitsSource",
     "ImageFolderSource",
     "ImageReadError",
+    "check_images",
     "iterator_state_to_json",
     "make_eval_pipeline",
     "make_global_batch",
@@ -37,5 +39,6 @@ __all__ = [
     "make_pipeline",
     "split_indices",
     "stack_examples",
+    "verify_image_folders",
     "write_image_folder",
 ]

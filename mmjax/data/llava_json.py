@@ -6,12 +6,12 @@ entries) and 'video' (a path). Other keys are ignored, as the original trainer i
 """
 import json
 import os
+from collections.abc import Iterable
 from pathlib import Path
 
 import numpy as np
-from PIL import Image
 
-from mmjax.data.image_folder import DEFAULT_EXTENSIONS, ImageReadError
+from mmjax.data.image_folder import DEFAULT_EXTENSIONS, ImageReadError, read_image_8bit
 
 ROLES = ("human", "gpt", "system")
 IMAGE_PLACEHOLDER = "<image>"
@@ -99,12 +99,9 @@ def _listing(items: list[str]) -> str:
 
 
 def load_image(path: Path) -> np.ndarray:
-  """Decodes an image file to uint8 [H, W, 3] RGB; raises ImageReadError naming the file."""
-  try:
-    with Image.open(path) as im:
-      return np.asarray(im.convert("RGB"), dtype=np.uint8)
-  except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as e:
-    raise ImageReadError(f"cannot decode image file {path}: {e}", [path]) from None
+  """Decodes an image file to uint8 [H, W, 3] RGB (`read_image_8bit`: 16-bit values are rounded to 8 bits, never
+  clipped); raises ImageReadError naming the file."""
+  return np.asarray(read_image_8bit(path), dtype=np.uint8)
 
 
 def _frame_files(folder: Path) -> list[Path]:
@@ -157,7 +154,8 @@ class LlavaJsonSource:
   Every entry is validated when the source is built: structure, roles, one '<image>' per image
   (one placeholder per video), existing image/video files, supported video formats; all problems
   are reported at once, each naming the entry index and id. Images are decoded when an example
-  is read; a corrupt file raises ImageReadError naming it.
+  is read; a corrupt file raises ImageReadError naming it. To find every corrupt file before a run,
+  decode `image_files()` up front with `mmjax.data.image_check.check_images(..., decode=load_image)`.
   """
 
   def __init__(self, path: str | os.PathLike, image_root: str | os.PathLike | None = None, *,
@@ -228,6 +226,17 @@ class LlavaJsonSource:
       raise ImageReadError(f"{where}: {e}", e.paths) from None
     except ValueError as e:
       raise ValueError(f"{where}: {e}") from None
+
+  def image_files(self, indices: Iterable[int] | None = None) -> list[Path]:
+    """The image files of the entries at `indices` (default: all), in order, with the frame images of their video
+    folders (all frames, not only the `max_frames` read; `.npy` videos are arrays, checked when read)."""
+    files = []
+    for index in range(len(self)) if indices is None else indices:
+      _, _, images, video = self._entries[int(index)]
+      files += [self.image_root / p for p in images]
+      if video is not None and (self.video_root / video).is_dir():
+        files += _frame_files(self.video_root / video)
+    return files
 
   def __repr__(self) -> str:
     return f"LlavaJsonSource({str(self.path)!r}, {len(self)} entries)"

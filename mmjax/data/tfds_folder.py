@@ -18,7 +18,7 @@ from pathlib import Path
 
 import tensorflow_datasets as tfds
 
-from mmjax.data.image_folder import ImageFolderSource
+from mmjax.data.image_folder import ImageFolderSource, verify_image_folders
 
 
 class ImageClassFolder(tfds.core.GeneratorBasedBuilder):
@@ -68,8 +68,7 @@ class ImageClassFolder(tfds.core.GeneratorBasedBuilder):
 
   def _split_generators(self, dl_manager: tfds.download.DownloadManager) -> dict[str, Iterator]:
     del dl_manager  # the sources were scanned from the same manual_dir at construction
-    for source in self._sources.values():
-      source.verify()
+    verify_image_folders(self._sources.values())  # every split's unreadable files, named in one error
     return {split: self._generate_examples(source) for split, source in self._sources.items()}
 
   def _generate_examples(self, source: ImageFolderSource) -> Iterator[tuple[str, dict]]:

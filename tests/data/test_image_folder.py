@@ -1,11 +1,14 @@
-"""ImageFolderSource over tiny trees written with PIL."""
+"""ImageFolderSource over tiny trees written with PIL: labels, modes and bit depths, skipped files, bad files."""
+import logging
+import os
 from pathlib import Path
 
 import numpy as np
 import pytest
 from PIL import Image
 
-from mmjax.data import ImageFolderSource, ImageReadError, make_iterator, make_pipeline
+from mmjax.data import ImageFolderSource, ImageReadError, make_iterator, make_pipeline, verify_image_folders
+from mmjax.data.image_folder import read_image, read_image_8bit
 
 # Class folders written in non-sorted order; each image is one flat RGB colour.
 _COLOURS = {"cat": (200, 10, 30), "ant": (0, 128, 255), "bee": (90, 90, 90)}
@@ -105,8 +108,85 @@ def test_verify_lists_every_bad_file(tree):
   with pytest.raises(ImageReadError) as info:
     source.verify()
   assert sorted(info.value.paths) == sorted([truncated, garbage])
-  assert "2 of 8 images" in str(info.value) and "image file is truncated" in str(info.value)
+  assert "2 of 8 image files are unreadable" in str(info.value) and "image file is truncated" in str(info.value)
   assert str(truncated) in str(info.value) and str(garbage) in str(info.value)
   garbage.unlink()
   truncated.unlink()
   ImageFolderSource(tree).verify()
+
+
+def test_16_bit_png_keeps_its_values(tmp_path):
+  """A 16-bit grayscale PNG (PIL mode I;16) reads as value / 65535 in every channel layout, also resized; PIL's own
+  conversion to 8 bits would clip 0..63000 to 0 and 255."""
+  values = np.linspace(0, 63000, 4 * 6).astype(np.uint16).reshape(4, 6)
+  path = tmp_path / "deep" / "a.png"
+  path.parent.mkdir()
+  Image.fromarray(values).save(path)
+  with Image.open(path) as image:
+    assert image.mode == "I;16"
+  expected = values.astype(np.float32) / 65535
+  grey = ImageFolderSource(tmp_path, grayscale=True)[0]["image"]
+  np.testing.assert_allclose(grey[..., 0], expected, rtol=1e-6, atol=0)
+  rgb = ImageFolderSource(tmp_path)[0]["image"]
+  assert rgb.shape == (4, 6, 3)
+  np.testing.assert_allclose(rgb, np.repeat(expected[..., None], 3, -1), rtol=1e-6, atol=0)
+  resized = read_image(path, grayscale=True, image_size=(2, 3))
+  assert resized.shape == (2, 3, 1) and len(np.unique(resized)) == 6
+  assert expected.min() <= resized.min() and resized.max() <= expected.max()
+  eight = np.asarray(read_image_8bit(path, grayscale=True))
+  np.testing.assert_array_equal(eight, np.round(values / 65535 * 255).astype(np.uint8))
+
+
+def test_deep_modes_keep_values_in_range_and_refuse_the_rest(tmp_path):
+  ints = np.arange(12, dtype=np.int32).reshape(3, 4) * 5000  # mode I, 0..55000: 16-bit data
+  Image.fromarray(ints).save(tmp_path / "i.tif")
+  np.testing.assert_allclose(read_image(tmp_path / "i.tif", grayscale=True)[..., 0], ints / 65535, rtol=1e-6)
+  floats = np.linspace(0, 1, 12, dtype=np.float32).reshape(3, 4)
+  Image.fromarray(floats).save(tmp_path / "f.tif")
+  np.testing.assert_array_equal(read_image(tmp_path / "f.tif", grayscale=True)[..., 0], floats)
+  Image.fromarray(ints * 2 - 7).save(tmp_path / "wide.tif")
+  with pytest.raises(ImageReadError, match=r"wide.tif has mode I with values in \[-7, 109993\].*never clips"):
+    read_image(tmp_path / "wide.tif")
+  Image.fromarray(floats * 3).save(tmp_path / "bright.tif")
+  with pytest.raises(ImageReadError, match=r"bright.tif has mode F with values in \[0.0, 3.0\]"):
+    read_image(tmp_path / "bright.tif")
+
+
+def test_skipped_files_are_counted_and_named(tree, caplog):
+  dangling = tree / "ant" / "gone.png"
+  os.symlink(tree / "nowhere.png", dangling)
+  hidden = tree / "cat" / ".thumb.png"
+  _write(hidden, (1, 2, 3))
+  stray = tree / "stray.png"
+  _write(stray, (1, 2, 3))
+  with caplog.at_level(logging.WARNING):
+    source = ImageFolderSource(tree)
+  assert len(source) == 6
+  assert sorted(source.skipped) == sorted([(dangling, "broken symlink"), (hidden, "hidden"),
+                                           (stray, "not in a class folder"),
+                                           (tree / "bee" / "notes.txt", "extension not in " +
+                                            " ".join(source.extensions))])
+  logged = caplog.text
+  assert "skipped 4 files (1 not in a class folder, 1 broken symlink, 1 extension not in" in logged
+  assert logged.rstrip().count("\n  ") >= 4 and ", 1 hidden)" in logged
+  assert all(str(path) in logged for path, _ in source.skipped)
+  empty = tree / "dog"
+  empty.mkdir()
+  os.symlink(tree / "nowhere.jpg", empty / "x.jpg")
+  with pytest.raises(ValueError, match=r"\['dog'\] have no images.*skipped there:\n  .*dog/x.jpg: broken symlink"):
+    ImageFolderSource(tree)
+
+
+def test_verify_image_folders_lists_every_split_at_once(tmp_path):
+  for split in ("train", "test"):
+    for name, colour in _COLOURS.items():
+      _write(tmp_path / split / name / "a.png", colour)
+  bad_train = tmp_path / "train" / "ant" / "b.png"
+  bad_test = tmp_path / "test" / "cat" / "b.png"
+  bad_train.write_bytes(b"not a png")
+  bad_test.write_bytes(b"")
+  splits = [ImageFolderSource(tmp_path / split) for split in ("train", "test")]
+  with pytest.raises(ImageReadError, match="2 of 8 image files are unreadable") as info:
+    verify_image_folders(splits)
+  assert info.value.paths == [bad_train, bad_test]
+  assert str(tmp_path / "train") in str(info.value) and str(tmp_path / "test") in str(info.value)

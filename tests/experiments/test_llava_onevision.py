@@ -257,12 +257,19 @@ def test_bad_data_gives_clear_errors(shapes, tmp_path):
   missing.write_text(json.dumps([dict(single, image='images/nowhere.png')]))
   with pytest.raises(FileNotFoundError, match='nowhere.png'):
     make_experiment(_data_config(missing, image_root=str(path.parent)))
+  # Undecodable images of the training data and of the evaluation set: all named in one error before training.
   (tmp_path / 'broken.png').write_bytes(b'not a png')
+  (tmp_path / 'empty.png').write_bytes(b'')
+  (tmp_path / 'eval_broken.png').write_bytes(b'GIF89a')
   corrupt = tmp_path / 'corrupt.json'
-  corrupt.write_text(json.dumps([dict(single, image='broken.png')] * 32))
-  exp = make_experiment(_data_config(corrupt))
-  with pytest.raises(ImageReadError, match='broken.png'):
-    next(iter(exp.train_data))
+  corrupt.write_text(json.dumps([dict(single, image='broken.png'), dict(single, image='empty.png')] * 16))
+  evaluation = tmp_path / 'eval.json'
+  evaluation.write_text(json.dumps([dict(single, image='eval_broken.png')]))
+  config = _data_config(corrupt)
+  config.eval.json = str(evaluation)
+  with pytest.raises(ImageReadError, match=r'3 of 3 image files are unreadable') as e:
+    make_experiment(config)
+  assert e.value.paths == [tmp_path / 'broken.png', tmp_path / 'empty.png', tmp_path / 'eval_broken.png']
   multi = next(e for e in entries if isinstance(e['image'], list))
   crowded = tmp_path / 'crowded.json'
   crowded.write_text(json.dumps([multi] * 32))
@@ -378,6 +385,43 @@ def test_mixture_source(shapes, tmp_path):
   config.data.json = str(path)
   with pytest.raises(ValueError, match='not both'):
     train_source(config)
+
+
+def test_mixture_images_are_all_checked_up_front(shapes, tmp_path):
+  """A bad image in each of two datasets of a mixture: both named by one error (only the selected entries count)."""
+  from experiments.llava_onevision.sources import train_source, verify_images
+  path, _ = shapes
+  entries = json.loads(path.read_text())
+  for name in ('a', 'b'):
+    (tmp_path / f'{name}.png').write_bytes(b'\x89PNG broken')
+    bad = [dict(entries[0], image=f'{name}.png', conversations=[
+        {'from': 'human', 'value': '<image>\nDescribe.'}, {'from': 'gpt', 'value': 'shapes'}])]
+    (tmp_path / f'{name}.json').write_text(json.dumps(bad + [dict(e, image=[str(path.parent / p) for p in (
+        [e['image']] if isinstance(e['image'], str) else e['image'])]) for e in entries]))
+  (tmp_path / 'mix.yaml').write_text('datasets:\n  - json_path: a.json\n    sampling_strategy: first:3\n'
+                                     '  - json_path: b.json\n    sampling_strategy: first:1\n')
+  config = get_config('variant=smoke')
+  config.data.mixture = str(tmp_path / 'mix.yaml')
+  with pytest.raises(ImageReadError, match=r'a.json, .*b.json: 2 of \d+ image files') as e:
+    verify_images(train_source(config))
+  assert e.value.paths == [tmp_path / 'a.png', tmp_path / 'b.png']
+
+
+def test_smoke_data_goes_to_a_per_user_cache(tmp_path, monkeypatch):
+  """The generated shapes sets are written under $XDG_CACHE_HOME/mmjax (else ~/.cache/mmjax) or data.shapes.cache_dir,
+  never to a folder under /tmp that every user of the machine shares."""
+  from experiments.llava_onevision.sources import shapes_cache, shapes_json
+  shapes = get_config('variant=smoke').data.shapes
+  shapes.update(captions=2, train=2, eval=2)
+  monkeypatch.setenv('XDG_CACHE_HOME', str(tmp_path / 'xdg'))
+  path = shapes_json(shapes, 'eval')
+  assert path.is_file() and path.is_relative_to(tmp_path / 'xdg' / 'mmjax')
+  assert len(LlavaJsonSource(path)) == 2
+  monkeypatch.delenv('XDG_CACHE_HOME')
+  monkeypatch.setenv('HOME', str(tmp_path / 'home'))
+  assert shapes_cache(shapes) == tmp_path / 'home' / '.cache' / 'mmjax' / 'shapes'
+  shapes.cache_dir = str(tmp_path / 'mine')
+  assert shapes_json(shapes, 'train').is_relative_to(tmp_path / 'mine')
 
 
 def test_bad_config_arguments_and_keys_give_clear_errors():

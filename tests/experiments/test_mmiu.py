@@ -3,6 +3,7 @@ import json
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -12,6 +13,7 @@ from experiments.mmiu.data import MMIUExample, load_mmiu, normalise_path
 from experiments.mmiu.experiment import PROGRAMS
 from experiments.mmiu.synthetic import write_synthetic_mmiu
 from experiments.mmiu.tasks import QUESTION_FIRST
+from mmjax.data import ImageReadError
 from tests.evals.fakes import FakeResponder
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -170,11 +172,26 @@ def test_error_responses_and_the_judge_hook():
   assert s['per_task'] == {'temporal_ordering': pytest.approx(200 / 3)} and s['unmatched'] == 1
 
 
-def test_missing_images_are_listed(data, tmp_path):
-  path, _ = data
+def test_missing_and_undecodable_images_are_listed_before_generation(tmp_path):
+  """A truncated image and a missing one are both named by one error before the first question is asked."""
+  path = write_synthetic_mmiu(str(tmp_path / 'data'), per_key=2, keys=KEYS, seed=1)
   bench = MMIUBenchmark(load_mmiu(path), image_root=str(tmp_path))
-  with pytest.raises(FileNotFoundError, match=r'MMIU: \d+ image files are missing'):
+  with pytest.raises(ImageReadError, match=r"MMIU images under image root '.*': \d+ of \d+ image files are "
+                                           r'unreadable \(\d+ missing, 0 do not decode\)'):
     bench.check_images()
+  files = MMIUBenchmark(load_mmiu(path), image_root=os.path.dirname(path)).image_files(5)
+  truncated, missing = files[0], files[1]
+  with open(truncated, 'rb') as f:
+    head = f.read(300)
+  with open(truncated, 'wb') as f:
+    f.write(head)
+  os.remove(missing)
+  responder = FakeResponder(lambda prompt: pytest.fail('a question was asked before the images were checked'))
+  config = get_config()
+  config.data_file = path
+  with pytest.raises(ImageReadError, match=r'2 of \d+ image files are unreadable \(1 missing, 1 do not decode\)') as e:
+    PROGRAMS['generate'](config, str(tmp_path / 'run'), responder=responder)
+  assert e.value.paths == [Path(truncated), Path(missing)] and responder.calls == 0
 
 
 def _responses(path, records, answer):

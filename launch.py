@@ -2,7 +2,7 @@
 
   python launch.py --config configs/vit_digits.py:variant=smoke --workdir runs/digits_smoke
   python launch.py --config configs/vit_digits.py --workdir runs/digits --config.optim.lr=3e-3
-  python launch.py --config configs/vit_digits.py --workdir runs/digits --mode eval
+  python launch.py --config configs/vit_digits.py --workdir runs/digits --mode eval   # read-only; prints the results
   python launch.py --config configs/mmiu.py --mode score --workdir runs/mmiu_score \
       --config.data_file=all.json --config.responses=R.jsonl
   python launch.py --mode convert --convert_from HF_DIR --convert_to runs/params      # HF -> orbax
@@ -55,6 +55,14 @@ _CONVERT_TO = flags.DEFINE_string('convert_to', None, 'convert: the directory to
 _HF_CONFIG = flags.DEFINE_string('hf_config', None, 'convert to HF from a workdir: config.json or HF directory.')
 _STOP_AFTER = flags.DEFINE_integer('stop_after_step', None,
                                    'Checkpoint and exit 0 after this step (time-sliced jobs).')
+_ALLOW_CHANGE = flags.DEFINE_list('allow_config_change', [],
+                                  'train: config keys (or subtrees, e.g. data) that may differ from those of the '
+                                  'checkpoint it resumes although the change could corrupt the run (batch_size, '
+                                  'seed, data.*, total_steps, lr, param_dtype, ...; see mmjax/train/resume_config.py).')
+_RESTORE_STEP = flags.DEFINE_integer('restore_step', None,
+                                     'train: resume from this step (the later steps are moved to '
+                                     'checkpoints_set_aside/, not deleted); eval: evaluate it. Default: the newest '
+                                     'step that restores.')
 
 _CLUSTER_ENV = ('TPU_WORKER_HOSTNAMES', 'MEGASCALE_COORDINATOR_ADDRESS', 'JAX_COORDINATOR_ADDRESS')
 # Errors a user can fix by changing the command, a file or a config value: one line, exit 2 (traceback: --debug).
@@ -214,12 +222,16 @@ def _trainer_summary(out: dict) -> dict:
 
 def _train(config, workdir: str) -> dict:
   from mmjax.train import train_and_evaluate  # after distributed init
-  return _trainer_summary(train_and_evaluate(config, workdir, stop_after_step=_STOP_AFTER.value))
+  return _trainer_summary(train_and_evaluate(config, workdir, stop_after_step=_STOP_AFTER.value,
+                                             restore_step=_RESTORE_STEP.value,
+                                             allow_config_change=_ALLOW_CHANGE.value))
 
 
 def _eval(config, workdir: str) -> dict:
+  """Reads the workdir only (beside its live training run if need be); the results go to stdout."""
   from mmjax.train import evaluate_checkpoint  # after distributed init
-  return _trainer_summary(evaluate_checkpoint(config, workdir))
+  return _trainer_summary(evaluate_checkpoint(config, workdir, step=_RESTORE_STEP.value))
+
 
 
 # The programs of a training experiment (a module with `make_experiment(config)` and no PROGRAMS of its own).

@@ -6,7 +6,7 @@ A hook is any object with
   __call__(state: TrainState, step: int, ctx: Context) -> mapping of scalars or None — called on every process
     (hooks may run collectives); returned scalars go to metrics.jsonl as a row of kind `kind`.
 and optionally
-  at_end: bool (default False) — also run after the run's last step (total_steps, SIGTERM or stop_after_step);
+  at_end: bool (default False) — also run after the run's last step (total_steps, a signal or stop_after_step);
   kind: str (default 'eval') — the metrics.jsonl row kind of what it returns;
   begin(state, step, ctx) — called once before the first step (step = the step the run starts from).
 Hooks run in order: the trainer's (preemption, log, profile, checkpoint, eval), then the experiment's.
@@ -14,6 +14,7 @@ Hooks run in order: the trainer's (preemption, log, profile, checkpoint, eval), 
 from __future__ import annotations
 
 import dataclasses
+import os
 import signal
 import threading
 import time
@@ -114,41 +115,82 @@ def check_finite(step: int, m: Mapping[str, Any]) -> None:
       + '. The state of the previous step was kept; the last checkpoint is intact.')
 
 
-class Preemption:
-  """Ends the loop on SIGTERM or at `stop_after_step`, with a checkpoint (the checkpoint hook runs at the end).
+class StopSignals:
+  """SIGTERM and SIGINT (Ctrl-C) as a request to stop cleanly, from a run's start-up to its final report.
 
-  One process: a SIGTERM handler sets a flag. Several processes: JAX's preemption sync manager (set up by
-  jax.distributed) propagates a SIGTERM seen by any process and names one step at which every process stops,
-  so all of them join the same final checkpoint. Use as a context manager around the loop.
+  The handler only records the first signal (so that nothing is half written); the trainer stops at the next
+  safe point: during start-up before the first step (nothing to save: the state is the restored checkpoint or a
+  fresh init), in the loop after the current step with a checkpoint (`Preemption`), after the loop before the
+  final evaluation or the report (the last step is saved already). A second SIGINT aborts at once
+  (KeyboardInterrupt; a third interrupts a wait for a save in flight); a second SIGTERM changes nothing.
+
+  Several processes: JAX's preemption sync manager (set up by jax.distributed) owns SIGTERM and makes every process
+  stop after one agreed step; SIGINT is forwarded to it as a SIGTERM. Outside the loop the processes cannot agree
+  on a stop, so there a signal only ends the run at its first step (start-up) or not at all (final evaluation).
+  Handlers are installed from the main thread only; use as a context manager.
   """
-  every = 1
 
-  def __init__(self, loop: Loop, stop_after_step: int | None = None):
-    self.loop, self.stop_after_step = loop, stop_after_step
-    self._flag = False
-    self._previous = None
-    self._multi = jax.process_count() > 1
+  def __init__(self):
+    self.received = ''  # name of the first signal, '' while none came
+    self.multi = jax.process_count() > 1
+    self._previous: dict[int, Any] = {}
 
-  def __enter__(self):
-    if not self._multi and threading.current_thread() is threading.main_thread():
-      self._previous = signal.signal(signal.SIGTERM, self._handle)
+  def __enter__(self) -> StopSignals:
+    if threading.current_thread() is threading.main_thread():
+      for sig in (signal.SIGINT,) if self.multi else (signal.SIGTERM, signal.SIGINT):
+        self._previous[sig] = signal.signal(sig, self._handle)
     return self
 
   def _handle(self, signum, frame):
-    logging.warning('SIGTERM received: will checkpoint after the current step and exit.')
-    self._flag = True
+    name = signal.Signals(signum).name
+    if self.received:
+      if signum == signal.SIGINT:
+        self._restore()
+        logging.warning('Second SIGINT: aborting at once; the last checkpoint is intact.')
+        raise KeyboardInterrupt
+      logging.warning('%s received again: already stopping.', name)
+      return
+    self.received = name
+    logging.warning('%s received: stopping cleanly (if training: after the current step, with a checkpoint)%s.',
+                    name, '; Ctrl-C again aborts at once' if signum == signal.SIGINT else '')
+    if self.multi:  # the preemption sync manager listens to SIGTERM only
+      os.kill(os.getpid(), signal.SIGTERM)
 
-  def __call__(self, state, step, ctx):
-    # Every process asks at every step with the same step numbers.
-    term = multihost_utils.reached_preemption_sync_point(step) if self._multi else self._flag
-    if term:
-      self.loop.stop = 'SIGTERM'
-    elif self.stop_after_step is not None and step >= self.stop_after_step:
-      self.loop.stop = 'stop_after_step'
+  def stop_requested(self) -> bool:
+    """Whether to stop now, outside the step loop: a signal came and this is a single-process run."""
+    return bool(self.received) and not self.multi
+
+  def _restore(self) -> None:
+    for sig, previous in self._previous.items():
+      # None: a handler installed outside Python (e.g. by jax.distributed), which Python cannot put back.
+      signal.signal(sig, signal.SIG_DFL if previous is None else previous)
+    self._previous = {}
 
   def __exit__(self, *exc):
-    if self._previous is not None:
-      signal.signal(signal.SIGTERM, self._previous)
+    self._restore()
+
+
+class Preemption:
+  """Ends the loop after the current step, with a checkpoint (the checkpoint hook runs at the end), on SIGTERM or
+  SIGINT (`StopSignals`) or at `stop_after_step`.
+
+  Several processes ask JAX's preemption sync manager at every step with the same step numbers; it names one step
+  at which every process stops, so all of them join the same final checkpoint.
+  """
+  every = 1
+
+  def __init__(self, loop: Loop, signals: StopSignals, stop_after_step: int | None = None):
+    self.loop, self.signals, self.stop_after_step = loop, signals, stop_after_step
+
+  def __call__(self, state, step, ctx):
+    if self.signals.multi:
+      term = multihost_utils.reached_preemption_sync_point(step)
+    else:
+      term = bool(self.signals.received)
+    if term:
+      self.loop.stop = self.signals.received or 'SIGTERM'
+    elif self.stop_after_step is not None and step >= self.stop_after_step:
+      self.loop.stop = 'stop_after_step'
 
 
 class Profile:

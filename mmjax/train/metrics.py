@@ -27,19 +27,61 @@ def quiet_library_logs() -> None:
 
 
 class MetricsWriter:
-  """Appends one JSON object per logged step to `workdir/metrics.jsonl`.
+  """Appends one JSON object per logged step (and kind: train, eval, setup) to `workdir/metrics.jsonl`.
 
   Only process 0 writes files; every process logs the scalars so multi-host runs can be
-  compared line by line.
+  compared line by line. A resumed run first drops the rows of the steps it redoes (`drop_after`),
+  so the file keeps one row per step and kind.
   """
 
   def __init__(self, workdir: str, *, tensorboard: bool = False, is_primary: bool = True):
     self.is_primary = is_primary
     self.path = os.path.join(workdir, 'metrics.jsonl')
+    self._kept: set[tuple[int, str]] = set()  # (step, kind) of the rows at the step a resumed run restarts from
     self._tb = None
     if is_primary and tensorboard:
       from tensorboardX import SummaryWriter  # optional at run time only when asked for
       self._tb = SummaryWriter(os.path.join(workdir, 'tensorboard'))
+
+  def drop_after(self, step: int) -> None:
+    """Drops the rows of steps after `step` (process 0), and any line a killed run left half written: a run
+    resumed at `step` redoes those steps. A row written later for a (step, kind) kept at `step` replaces it."""
+    if not self.is_primary or not os.path.exists(self.path):
+      return
+    rows = self._rows()
+    kept = [row for row in rows if row['step'] <= step]
+    self._kept = {(row['step'], row['kind']) for row in kept if row['step'] == step}
+    with open(self.path) as f:
+      lines = sum(1 for _ in f)
+    if len(kept) < lines:
+      logging.info('Dropped %d lines after step %d from %s: the resumed run redoes those steps.',
+                   lines - len(kept), step, self.path)
+      self._replace_file(kept)
+
+
+  def _rows(self) -> list[dict[str, Any]]:
+    rows = []
+    with open(self.path) as f:
+      for n, line in enumerate(f, 1):
+        try:
+          row = json.loads(line)
+        except ValueError:
+          logging.warning('Dropping line %d of %s: it is not JSON (a run was killed while writing it).', n, self.path)
+          continue
+        if isinstance(row, dict) and isinstance(row.get('step'), int):
+          rows.append(row)
+        else:
+          logging.warning('Dropping line %d of %s: it is not a metrics row.', n, self.path)
+    return rows
+
+  def _replace_file(self, rows: list[dict[str, Any]]) -> None:
+    """Rewrites the file atomically: a kill while rewriting leaves the old file whole."""
+    tmp = self.path + '.tmp'
+    with open(tmp, 'w') as f:
+      f.writelines(json.dumps(row) + '\n' for row in rows)
+      f.flush()
+      os.fsync(f.fileno())
+    os.replace(tmp, self.path)
 
   def write(self, step: int, scalars: Mapping[str, Any], *, kind: str = 'train') -> None:
     row = {'step': int(step), 'kind': kind}
@@ -49,7 +91,11 @@ class MetricsWriter:
                            for k, v in row.items() if k not in ('step', 'kind')))
     if not self.is_primary:
       return
+    if (row['step'], kind) in self._kept:  # e.g. the final eval of a finished run that was started again
+      self._kept.discard((row['step'], kind))
+      self._replace_file([r for r in self._rows() if (r['step'], r['kind']) != (row['step'], kind)])
     with open(self.path, 'a') as f:
+
       f.write(json.dumps(row) + '\n')
     if self._tb is not None:
       for k, v in row.items():

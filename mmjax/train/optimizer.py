@@ -319,11 +319,12 @@ def make_optimizer(optim, total_steps: int, *, name: str = 'main', where: str = 
   owned = optim.get('regex') or ''
   labels = lambda params: assign_groups(  # noqa: E731
       params, {g.name: {'regex': g.regex} for g in groups if g.name != DEFAULT_GROUP}, owned=owned)
-  chain = []
-  if optim.clip_norm and optim.clip_norm > 0:
-    chain.append(optax.clip_by_global_norm(float(optim.clip_norm)))
-  chain.append(optax.partition(transforms, labels))
-  return Optimizer(name, where, owned, tuple(groups), optax.chain(*chain), schedules)
+  # Clipping keeps no state; the stateless identity in its place keeps the state's layout, so that a resumed run
+  # may change clip_norm (0 included).
+  clip = optax.clip_by_global_norm(float(optim.clip_norm)) if optim.clip_norm and optim.clip_norm > 0 else \
+      optax.identity()
+  tx = optax.chain(clip, optax.partition(transforms, labels))
+  return Optimizer(name, where, owned, tuple(groups), tx, schedules)
 
 
 def assign_groups(params: Any, groups: Mapping[str, Any], owned: str = '') -> Any:

@@ -2,17 +2,21 @@
 
 An experiment hands the trainer an `Experiment`: how to initialise the params, the loss (or its own train step),
 the training data, the evaluators and hooks. The trainer owns everything else: mesh and shardings, the jitted
-step, optimisers, EMA, frozen subtrees, checkpoints and resume, metrics, profiling, NaN guard and SIGTERM.
+step, optimisers, EMA, frozen subtrees, checkpoints and resume, metrics, profiling, NaN guard and signals.
 
-A run is three parts: `restore_or_init` (the latest checkpoint, else init_from, else a fresh init), `run_steps`
-(the step loop), and hooks that the loop runs every N steps (`mmjax.train.hooks`).
+A run is three parts: `restore_or_init` (the newest checkpoint that restores, else init_from, else a fresh init),
+`run_steps` (the step loop), and hooks that the loop runs every N steps (`mmjax.train.hooks`). A training run holds
+its workdir's lock (`mmjax.train.workdir_lock`); `evaluate_checkpoint` only reads the workdir.
 """
+
 from __future__ import annotations
 
 import contextlib
 import os
 import re
+import shutil
 import time
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import flax.linen as nn
@@ -21,6 +25,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 from absl import logging
+from jax.experimental import multihost_utils
 from jax.sharding import NamedSharding, PartitionSpec as P
 
 from mmjax.data import iterator_state_to_json, make_global_batch, make_iterator
@@ -31,10 +36,11 @@ from mmjax.train.metrics import MetricsWriter, Progress, peak_flops, quiet_libra
 from mmjax.train.sharding import batch_sharding, logical_shardings, rules_from_config
 from mmjax.train.state import TrainState, select, union
 from mmjax.train.step import default_train_step
+from mmjax.train.workdir_lock import LOCK_NAME, workdir_lock
 from mmjax.weights import WeightsMismatchError, initial_params
 
 __all__ = ['Context', 'Experiment', 'TrainSetup', 'evaluate', 'evaluate_checkpoint', 'load_experiment',
-           'restore_or_init', 'run_steps', 'train_and_evaluate']
+           'restore_checkpoint', 'restore_or_init', 'run_steps', 'train_and_evaluate']
 
 
 def _config_at(config: ml_collections.ConfigDict, key: str) -> Any:
@@ -250,15 +256,70 @@ def evaluate(setup: TrainSetup, state: TrainState, ctx: Context) -> dict[str, fl
   return out
 
 
-def restore_or_init(setup: TrainSetup, ckpt: ckpt_lib.Checkpointer) -> tuple[TrainState, Any, bool]:
-  """(state, data iterator, resumed): the latest checkpoint of the workdir, else `config.init_from`'s params,
-  else the experiment's init. The frozen subtrees are loaded either way."""
+def _all_processes(ok: bool) -> bool:
+  """Whether `ok` holds on every process (a step restores on all of them or is skipped by all)."""
+  if jax.process_count() == 1:
+    return ok
+  return bool(np.min(multihost_utils.process_allgather(np.int32(ok))))
+
+
+def restore_checkpoint(setup: TrainSetup, ckpt: ckpt_lib.Checkpointer, step: int | None = None
+                       ) -> tuple[int, TrainState, dict[str, Any], dict[int, str]] | None:
+  """(step, state, data state, skipped) of the newest step of `ckpt` that restores completely, reading only.
+
+  Walks back from the latest step past those that do not restore (skipped: step -> why, naming the file; each is
+  logged, none is deleted). `step` picks one, which must restore. None when there is no step directory at all.
+  Raises CorruptCheckpointError naming the files when no step restores, and IncompatibleCheckpointError (from
+  `TrainSetup.restore`) when the newest complete step does not fit the config, which every step shares.
+  """
+  steps = ckpt.steps()
+  if step is not None and step not in steps:
+    raise FileNotFoundError(f'--restore_step {step}: {ckpt.directory} has no step {step} '
+                            f'(it has {", ".join(map(str, steps)) or "none"})')
+  if not steps:
+    return None
+  skipped: dict[int, str] = {}
+  for candidate in [step] if step is not None else reversed(steps):
+    why = ckpt.problem(candidate)
+    if why is None:
+      try:
+        state, data_state = setup.restore(ckpt, candidate)
+      except ckpt_lib.CorruptCheckpointError as e:
+        why = str(e)
+    if not _all_processes(why is None):
+      why = why or 'it does not restore on another process (see its log)'
+    if why is None:
+      return candidate, state, data_state, skipped
+    skipped[candidate] = why
+    logging.warning('Skipping the checkpoint at step %d: %s', candidate, why)
+  if step is not None:
+    raise ckpt_lib.CorruptCheckpointError(f'--restore_step {step}: {skipped[step]}')
+  raise ckpt_lib.CorruptCheckpointError(
+      f'No checkpoint in {ckpt.directory} restores: ' + '; '.join(f'step {s}: {w}' for s, w in skipped.items())
+      + '. Nothing was changed: move the bad steps out of checkpoints/ to start afresh.')
+
+
+def restore_or_init(setup: TrainSetup, ckpt: ckpt_lib.Checkpointer, *,
+                    restore_step: int | None = None) -> tuple[TrainState, Any, bool]:
+  """(state, data iterator, resumed): the newest checkpoint of the workdir that restores (or `restore_step`),
+  else `config.init_from`'s params, else the experiment's init. The frozen subtrees are loaded either way.
+
+  When resuming, the step directories after the restored step (those that did not restore, or all later ones with
+  `restore_step`) are moved into `checkpoints_set_aside/` by process 0, so the run saves its own steps there;
+  nothing is deleted.
+  """
   config, exp = setup.config, setup.exp
-  latest = ckpt.latest_step()
-  if latest is not None:
-    state, data_state = setup.restore(ckpt, latest)
-    logging.info('Resumed from the checkpoint at step %d in %s', latest, setup.ctx.workdir)
+  found = restore_checkpoint(setup, ckpt, restore_step)
+  if found is not None:
+    step, state, data_state, skipped = found
+    later = [s for s in ckpt.steps() if s > step]
+    if later and jax.process_index() == 0:
+      ckpt.set_aside(later, {s: skipped.get(s, f'after --restore_step {step}') for s in later})
+    if jax.process_count() > 1:  # no process saves before the step directories are out of the way
+      multihost_utils.sync_global_devices('mmjax: steps set aside')
+    logging.info('Resumed from the checkpoint at step %d in %s', step, setup.ctx.workdir)
     return state, make_iterator(exp.train_data, state_json=data_state['iterator']), True
+
   params = None
   rng = jax.random.PRNGKey(config.seed)
   if config.get('init_from'):
@@ -296,25 +357,107 @@ def run_steps(setup: TrainSetup, state: TrainState, data_iter, hooks, loop: hook
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
                        experiment: Experiment | None = None, *,
-                       stop_after_step: int | None = None) -> dict[str, Any]:
+                       stop_after_step: int | None = None, restore_step: int | None = None,
+                       allow_config_change: Sequence[str] = ()) -> dict[str, Any]:
   """Trains `experiment` (default: `load_experiment(config)`) in `workdir`, resuming if possible.
+
+  SIGTERM and SIGINT stop the run cleanly from start-up to the final report (`hooks.StopSignals`): a checkpoint
+  after the current step, or nothing to save before the first step or after the last. A run that fails or stops
+  before its first step leaves no trace in a workdir it created.
 
   Args:
     config: a ConfigDict holding the keys of `mmjax.train.config.base_config()`.
     workdir: where checkpoints, metrics.jsonl, reports and traces go. A rerun with the
-      same workdir resumes from the latest checkpoint.
+      same workdir resumes from the newest checkpoint that restores (`restore_checkpoint`).
+      The run holds the workdir's lock (`workdir_lock`): a second run on it is refused.
     experiment: the Experiment to train.
     stop_after_step: checkpoint and return once this step is done (for time-sliced jobs);
       the schedule still spans `config.total_steps`.
+    restore_step: resume from this step instead (the later ones are set aside, not deleted).
+    allow_config_change: config keys (or subtrees) that may differ from the resumed checkpoint's config although
+      the change could corrupt the run (`mmjax.train.resume_config`: batch_size, data.*, seed, ...).
 
   Returns:
-    {'step': last step, 'eval': final eval metrics, 'report': report output,
-     'preempted': whether SIGTERM or stop_after_step ended the run early, 'state': the final TrainState}.
+    {'step': last step (None when a signal stopped the run before it restored a checkpoint), 'eval': final eval
+     metrics, 'report': report output, 'preempted': whether a signal or stop_after_step ended the run early,
+     'state': the final TrainState (None like 'step')}.
   """
-  os.makedirs(workdir, exist_ok=True)
+  with hooks_lib.StopSignals() as signals, _NewWorkdir(workdir) as new_workdir:
+    with workdir_lock(workdir):
+      try:
+        return _train_and_evaluate(config, workdir, experiment, stop_after_step=stop_after_step,
+                                   restore_step=restore_step, allow_config_change=allow_config_change,
+                                   signals=signals, started=new_workdir.keep)
+      finally:
+        new_workdir.clear()
+
+
+class _NewWorkdir:
+  """Makes the workdir (and its missing parents) and, if the run fails or stops before its first step, removes
+  what it made: `clear()` (called inside the workdir's lock) empties a workdir this run created, all but the lock
+  file, and leaving the context removes the directories it created once they are empty. A workdir that existed,
+  or that another process made first, is left as it is."""
+
+  def __init__(self, workdir: str):
+    self.workdir = os.path.abspath(workdir)
+    self.created: list[str] = []  # directories this run made, outermost first
+    self.kept = False
+
+  def __enter__(self) -> _NewWorkdir:
+    missing, path = [], self.workdir
+    while not os.path.exists(path) and os.path.dirname(path) != path:
+      missing.append(path)
+      path = os.path.dirname(path)
+    for path in reversed(missing):
+      try:
+        os.mkdir(path)
+      except FileExistsError:  # made by another process at the same moment: not ours to remove
+        continue
+      self.created.append(path)
+    return self
+
+  def keep(self) -> None:
+    """The first step is about to run: whatever happens next, the workdir stays."""
+    self.kept = True
+
+  def clear(self) -> None:
+    if self.kept or self.workdir not in self.created:
+      return
+    for name in os.listdir(self.workdir):
+      path = os.path.join(self.workdir, name)
+      if name == LOCK_NAME:
+        continue
+      if os.path.isdir(path) and not os.path.islink(path):
+        shutil.rmtree(path, ignore_errors=True)
+      else:
+        with contextlib.suppress(OSError):
+          os.remove(path)
+
+  def __exit__(self, *exc) -> None:
+    if self.kept:
+      return
+    for path in reversed(self.created):
+      try:
+        os.rmdir(path)
+      except OSError:  # not empty: another run writes there now
+        break
+
+
+def _stopped_before_first_step(signals: hooks_lib.StopSignals, state: TrainState | None = None) -> dict[str, Any]:
+  step = None if state is None else int(jax.device_get(state.step))
+  logging.warning('Stopped by %s before the first step%s; nothing needed saving.', signals.received,
+                  '' if step is None else f' (the state is that of step {step})')
+  return {'step': step, 'eval': {}, 'report': None, 'preempted': True, 'state': state}
+
+
+def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, experiment: Experiment | None, *,
+                        stop_after_step: int | None, restore_step: int | None, allow_config_change: Sequence[str],
+                        signals: hooks_lib.StopSignals, started: Callable[[], None]) -> dict[str, Any]:
   quiet_library_logs()
   experiment = experiment or load_experiment(config)
   setup = TrainSetup(config, experiment, workdir)
+  if signals.stop_requested():
+    return _stopped_before_first_step(signals)
   ctx = setup.ctx
   is_primary = jax.process_index() == 0
   logging.info('mesh %s on %d devices (%d processes); %s parameters',
@@ -327,11 +470,15 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
                  f'is not logged: no peak FLOP/s known for {jax.devices()[0].device_kind!r}')
 
   ckpt = ckpt_lib.Checkpointer(os.path.join(workdir, 'checkpoints'), every=config.ckpt_every,
-                               keep=config.keep_ckpts, async_save=config.async_checkpointing)
-  state, data_iter, resumed = restore_or_init(setup, ckpt)
+                               keep=config.keep_ckpts, async_save=config.async_checkpointing,
+                               allow_config_change=tuple(allow_config_change))
+  state, data_iter, resumed = restore_or_init(setup, ckpt, restore_step=restore_step)
+  if signals.stop_requested():
+    return _stopped_before_first_step(signals, state)
   setup.log_sizes()
   start = int(jax.device_get(state.step))
   writer = MetricsWriter(workdir, tensorboard=config.tensorboard, is_primary=is_primary)
+  writer.drop_after(start if resumed else -1)  # the steps after `start` are redone; a fresh start redoes all
   if not resumed:
     writer.write(0, setup.size_metrics(), kind='setup')
 
@@ -340,7 +487,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
                       enabled=config.progress_bar and is_primary)
   log = hooks_lib.LogMetrics(loop, log_every=config.log_every, batch_size=config.batch_size, start=start,
                              progress=progress, step_flops=step_flops, peak=peak)
-  preemption = hooks_lib.Preemption(loop, stop_after_step)
+  preemption = hooks_lib.Preemption(loop, signals, stop_after_step)
   hooks: list[Any] = [preemption, log]
   profile = None
   if config.profile_steps:
@@ -352,45 +499,51 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
     hooks.append(hooks_lib.Evaluate(loop, lambda s: evaluate(setup, s, ctx), every=config.eval_every))
   hooks += list(experiment.hooks)
 
-  with preemption:
-    try:
-      state = run_steps(setup, state, data_iter, hooks, loop)
-      log.flush()
-    finally:
-      progress.close()
-      if profile is not None:
-        profile.stop()
-      ckpt.close()
+  started()
+  try:
+    state = run_steps(setup, state, data_iter, hooks, loop)
+    log.flush()
+  finally:
+    progress.close()
+    if profile is not None:
+      profile.stop()
+    ckpt.close()
   step = int(jax.device_get(state.step))
   final_eval: dict[str, float] = {}
   report = None
-  if not loop.stop:
+  # The last step is saved: a signal now skips what is left, which a rerun (resuming at the last step) does.
+  if not loop.stop and not signals.stop_requested():
     final_eval = evaluate(setup, state, ctx)
     if final_eval:
       writer.write(step, final_eval, kind='eval')
-    if experiment.report is not None:  # every process joins; the report writes files on process 0
+    if experiment.report is not None and not signals.stop_requested():  # every process joins; files on process 0
       with setup.scope():
         report = experiment.report(state.eval_params(), ctx)
   writer.close()
-  return {'step': step, 'eval': final_eval, 'report': report, 'preempted': bool(loop.stop), 'state': state}
+  stopped = bool(loop.stop) or signals.stop_requested()
+  return {'step': step, 'eval': final_eval, 'report': report, 'preempted': stopped, 'state': state}
 
 
 def evaluate_checkpoint(config: ml_collections.ConfigDict, workdir: str,
                         experiment: Experiment | None = None, *, step: int | None = None) -> dict[str, Any]:
-  """Restores a checkpoint of `workdir` (default: the latest) and runs the evaluators."""
+  """Runs the evaluators on a checkpoint of `workdir`: the newest that restores, or `step`.
+
+  Only reads the workdir (no lock, no directory made, no temporary directory cleaned), so it can run beside the
+  workdir's live training run. The results are returned and logged (launch.py prints them), never added to
+  metrics.jsonl, which belongs to the training run.
+  """
+  quiet_library_logs()
+  directory = os.path.join(workdir, 'checkpoints')
+  if not os.path.isdir(directory):
+    raise FileNotFoundError(f'--workdir {workdir} has no checkpoints/ directory: it is not the workdir of a '
+                            'training run (is the path right?)')
   experiment = experiment or load_experiment(config)
   setup = TrainSetup(config, experiment, workdir)
-  ckpt = ckpt_lib.Checkpointer(os.path.join(workdir, 'checkpoints'), every=config.ckpt_every,
-                               keep=config.keep_ckpts, async_save=False)
-  step = ckpt.latest_step() if step is None else step
-  if step is None:
-    raise FileNotFoundError(f'No checkpoint to evaluate in {os.path.join(workdir, "checkpoints")}')
-  try:
-    state, _ = setup.restore(ckpt, step)
-  finally:
-    ckpt.close()
+  found = restore_checkpoint(setup, ckpt_lib.Checkpointer(directory, read_only=True), step)
+  if found is None:
+    raise FileNotFoundError(f'{directory} holds no checkpoint to evaluate')
+  step, state, _, _ = found
   results = evaluate(setup, state, setup.ctx)
-  writer = MetricsWriter(workdir, is_primary=jax.process_index() == 0)
-  writer.write(step, results, kind='eval')
-  writer.close()
+  logging.info('eval of the checkpoint at step %d: %s', step, ', '.join(f'{k}={v:.6g}' for k, v in results.items()))
   return {'step': step, 'eval': results, 'state': state}
+

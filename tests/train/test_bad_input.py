@@ -89,3 +89,12 @@ def test_checkpoint_from_an_incompatible_config(trained_workdir):
   assert 'patch_embed/kernel' in msg and '(2, 2, 1, 32)' in msg and '(2, 2, 1, 48)' in msg
   assert 'model.width: 32 -> 48' in msg
   assert _snapshot(trained_workdir) == before
+
+
+@pytest.mark.parametrize('change, error', [({'data.dir': '/nonexistent/digits'}, FileNotFoundError),
+                                           ({'grad_accum_steps': 3}, ValueError),
+                                           ({'compute_dtype': 'bfloat'}, TypeError)])
+def test_a_failed_start_leaves_no_trace_in_a_new_workdir(tmp_path, change, error):
+  with pytest.raises(error):
+    train_and_evaluate(_config(**change), str(tmp_path / 'new' / 'run'))  # the experiment loads inside
+  assert not (tmp_path / 'new').exists()

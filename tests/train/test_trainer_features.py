@@ -124,8 +124,8 @@ def test_init_from_another_run_and_its_priority(tmp_path):
   for a, b in zip(jax.tree.leaves(first['state'].params), jax.tree.leaves(second['state'].params)):
     np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
   # A workdir checkpoint wins over init_from: resuming ignores it.
-  again = train_and_evaluate(toy_config(mesh=ONE_DEVICE, total_steps=2, init_from='/nonexistent'), second_dir,
-                             toy_experiment(toy_config()))
+  again = train_and_evaluate(toy_config(mesh=ONE_DEVICE, total_steps=2, init_from='/nonexistent',
+                                        **{'optim.lr': 0.0}), second_dir, toy_experiment(toy_config()))
   assert again['step'] == 2
 
 

@@ -6,6 +6,13 @@ key/value head h // (H / Hkv), as HF `repeat_kv` does, by viewing q as [B, Sq, H
 Implementations share one keyword signature (see `xla_attention`) and live in `ATTENTION_IMPLS`. Registering
 one is a single line, e.g. `ATTENTION_IMPLS['pallas'] = AttentionImpl(pallas_attention, frozenset({'gpu', 'tpu'}))`;
 impl='auto' then picks the first registered implementation that lists the current backend, else 'xla'.
+
+Dispatch rule for impl='auto': padding and packing travel as `segment_ids` (0 = padding), which the Pallas
+flash kernel serves, so on GPU and TPU a causal and/or segmented request runs the kernel (when it supports
+the shape and dtype). An explicit `mask` array is the escape hatch for any other pattern and always runs XLA:
+no fused kernel here takes an arbitrary mask. On CPU 'auto' is XLA (the kernel would run interpreted).
+cuDNN (impl='cudnn') is opt-in and serves only unmasked requests: jax.nn's cuDNN path has no segment ids,
+and its sequence-length form can't express packing or left padding.
 """
 import functools
 from collections.abc import Callable
@@ -46,12 +53,9 @@ def _visible(q_len: int, kv_len: int, *, causal: bool, mask: jax.Array | None, q
     split = (1, 1) if heads == 1 else (num_kv_heads, heads // num_kv_heads)
     masks.append(mask.reshape(mask.shape[0], *split, *mask.shape[2:]))
   if q_segment_ids is not None:
-    masks.append((q_segment_ids[:, :, None] == kv_segment_ids[:, None, :])[:, None, None])
+    same = (q_segment_ids[:, :, None] == kv_segment_ids[:, None, :]) & (q_segment_ids != 0)[:, :, None]
+    masks.append(same[:, None, None])
   return functools.reduce(jnp.logical_and, masks) if masks else None
-
-
-# Causal attention over at least two blocks of this many queries skips the keys above the diagonal block by block.
-CAUSAL_BLOCK = 256
 
 
 def xla_attention(q: jax.Array, k: jax.Array, v: jax.Array, *, causal: bool, mask: jax.Array | None,
@@ -60,30 +64,10 @@ def xla_attention(q: jax.Array, k: jax.Array, v: jax.Array, *, causal: bool, mas
 
   Called by `dot_product_attention` with validated inputs: a mask (if any) of rank 4, segment ids as a
   ([B, Sq], [B, Sk]) pair or both None, and a float scale. See its docstring for the semantics.
-  Long causal requests run per block of CAUSAL_BLOCK queries over only the keys that block can see, which
-  halves the score matrix's work at S = 1024 and more (the same result: the skipped keys are all masked).
+  One [Sq, Sk] score matrix per head, causal or not: skipping the key blocks above the diagonal with a scan
+  over query blocks cost more than it saved on CPU at S = 1024 and 2048, and on GPU/TPU causal training
+  runs the flash kernel.
   """
-  q_len, kv_len = q.shape[1], k.shape[1]
-  if causal and q_len >= 2 * CAUSAL_BLOCK and kv_len >= q_len:
-    outs = []
-    for start in range(0, q_len, CAUSAL_BLOCK):
-      stop = min(start + CAUSAL_BLOCK, q_len)
-      keys = stop + kv_len - q_len  # the last key the block's last query sees, plus one
-      block_mask = None
-      if mask is not None:  # broadcast (size-1) query or key axes stay whole
-        block_mask = mask[:, :, start:stop] if mask.shape[2] > 1 else mask
-        block_mask = block_mask[..., :keys] if mask.shape[3] > 1 else block_mask
-      segments = (None, None) if q_segment_ids is None else (q_segment_ids[:, start:stop], kv_segment_ids[:, :keys])
-      outs.append(_xla_attention_block(q[:, start:stop], k[:, :keys], v[:, :keys], causal=True, mask=block_mask,
-                                       q_segment_ids=segments[0], kv_segment_ids=segments[1], scale=scale))
-    return jnp.concatenate(outs, axis=1)
-  return _xla_attention_block(q, k, v, causal=causal, mask=mask, q_segment_ids=q_segment_ids,
-                              kv_segment_ids=kv_segment_ids, scale=scale)
-
-
-def _xla_attention_block(q: jax.Array, k: jax.Array, v: jax.Array, *, causal: bool, mask: jax.Array | None,
-                         q_segment_ids: jax.Array | None, kv_segment_ids: jax.Array | None, scale: float
-                         ) -> jax.Array:
   q_len, kv_len, num_kv_heads = q.shape[1], k.shape[1], k.shape[2]
   groups = q.shape[2] // num_kv_heads
   # Heads-major operands make both matmuls plain batched GEMMs for XLA (2x faster on CPU than contracting the
@@ -199,11 +183,14 @@ def dot_product_attention(q: jax.Array, k: jax.Array, v: jax.Array, *, causal: b
     k, v: [B, Sk, Hkv, D] keys and values, H % Hkv == 0 (GQA; Hkv == 1 is multi-query attention).
     causal: query i sees key j iff j <= i + (Sk - Sq), i.e. the queries are the last Sq positions of the keys.
     mask: boolean, broadcastable to [B, H, Sq, Sk]; True = may attend.
-    segment_ids: int [B, S] (self-attention, Sq == Sk) or a pair ([B, Sq], [B, Sk]); a query sees only keys
-      with the same id.
+    segment_ids: int [B, S] (self-attention, Sq == Sk) or a pair ([B, Sq], [B, Sk]) of non-negative ids; a
+      query sees only keys with its own id, and id 0 is padding: a padded query sees no key (its output is
+      zeros) and a padded key is seen by no query. Packing gives each document its own id 1, 2, ...;
+      padding alone is `attention_mask.astype(jnp.int32)` of a [B, S] 0/1 attention mask.
     scale: logit multiplier, default 1 / sqrt(D).
     impl: 'auto' or a name in ATTENTION_IMPLS: 'xla', 'pallas' (flash kernel; interpret mode on CPU) or
-      'cudnn' (GPU). 'auto' takes Pallas on GPU/TPU when it supports the request, else XLA. A forced
+      'cudnn' (GPU). 'auto' takes Pallas on GPU/TPU when it supports the request (causal and segment ids
+      are supported, an explicit mask is not), else XLA (see the module docstring). A forced
       implementation that can't serve the request exactly raises ValueError with the reason.
     kv_lengths: int [B], decoding over a KV cache: row b's keys are slots [0, kv_lengths[b]) (later slots are
       ignored) and the Sq queries are the last Sq of them, causal among themselves; needs causal=True. With

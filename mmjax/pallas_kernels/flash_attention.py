@@ -3,8 +3,9 @@
 Semantics match `mmjax.nn.attention.dot_product_attention` and `reference.attention_reference`:
 layout [B, S, H, D]; k/v may have fewer heads (GQA, H % Hkv == 0, never repeated in memory);
 scale defaults to 1/sqrt(D); fp32 accumulation, output in q.dtype; causal masks are bottom-right
-aligned (query i sees key j iff j <= i + Sk - Sq); segment ids restrict attention to equal ids; a query
-row with no visible key returns zeros and gets zero gradients.
+aligned (query i sees key j iff j <= i + Sk - Sq); segment ids (non-negative) restrict attention to equal
+nonzero ids, 0 marking padding that sees and is seen by nothing; a query row with no visible key returns zeros
+and gets zero gradients.
 
 The forward never builds the [Sq, Sk] matrix and saves the log-sum-exp; the backward (custom_vjp)
 computes delta = sum(out * dO) in XLA, then runs a dK/dV kernel and a dQ kernel. Lengths that are not
@@ -43,7 +44,8 @@ def flash_attention(q: jax.Array, k: jax.Array, v: jax.Array, *, causal: bool = 
                     interpret: Any = None, backend: str | None = None) -> jax.Array:
   """Memory-efficient attention. q [B, Sq, H, D], k/v [B, Sk, Hkv, D] -> [B, Sq, H, D] in q.dtype.
 
-  q_segment_ids [B, Sq] and kv_segment_ids [B, Sk] (int) are given together or not at all.
+  q_segment_ids [B, Sq] and kv_segment_ids [B, Sk] (int, >= 0) are given together or not at all; a query
+    sees only keys of its own nonzero id (0 = padding: such a query's output is zeros).
   block_sizes: tiles (see BlockSizes); None picks per backend (TPU: per device_kind).
   interpret: None (auto: True on CPU), a bool, or `pltpu.InterpretParams()` (TPU interpreter, which
     implies the TPU kernels).
@@ -105,6 +107,10 @@ def _flash_attention(q, k, v, q_seg, kv_seg, *, causal, scale, block_sizes, back
     num_warps = num_warps_bwd = 4
   sq_pad = round_up(sq, math.lcm(blocks.block_q, blocks.block_q_dkv, blocks.block_q_dq))
   sk_pad = round_up(sk, math.lcm(blocks.block_k, blocks.block_k_dkv, blocks.block_k_dq))
+  if q_seg is not None:
+    # The kernels compare ids for equality only; giving padding distinct negative ids on the two sides makes a
+    # padded query match no key and a padded key no query.
+    q_seg, kv_seg = jnp.where(q_seg == 0, -1, q_seg), jnp.where(kv_seg == 0, -2, kv_seg)
   cfg = FlashConfig(causal=causal, scale=scale, q_len=sq, kv_len=sk, blocks=blocks,
                     segmented=q_seg is not None, interpret=interpret, num_warps=num_warps,
                     num_warps_bwd=num_warps_bwd, num_stages=blocks.num_stages or 2,

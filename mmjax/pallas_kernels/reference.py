@@ -1,9 +1,10 @@
 """Plain-jnp float32 references for the Pallas attention kernels (the yardstick their tests use).
 
 Same conventions as `mmjax.nn.attention.dot_product_attention`: layout [B, S, H, D], GQA by grouping
-query heads (head h uses kv head h // (H // Hkv)), bottom-right causal alignment, segment-id masks, and
-zeros (with zero gradients) for query rows that see no key. Both functions return float32 whatever the
-input dtype, so comparisons measure the kernel's rounding rather than the reference's.
+query heads (head h uses kv head h // (H // Hkv)), bottom-right causal alignment, segment-id masks (equal
+nonzero ids; 0 = padding), and zeros (with zero gradients) for query rows that see no key. Both functions
+return float32 whatever the input dtype, so comparisons measure the kernel's rounding rather than the
+reference's.
 """
 from __future__ import annotations
 
@@ -16,14 +17,14 @@ from jax import lax
 
 def attention_mask(q_len: int, kv_len: int, *, causal: bool = False, q_segment_ids: jax.Array | None = None,
                    kv_segment_ids: jax.Array | None = None) -> jax.Array:
-  """Boolean visibility [B or 1, Sq, Sk]: query i sees key j."""
+  """Boolean visibility [B or 1, Sq, Sk]: query i sees key j (segment id 0 = padding, sees nothing)."""
   mask = jnp.ones((1, q_len, kv_len), bool)
   if causal:
     i = jnp.arange(q_len)[:, None]
     j = jnp.arange(kv_len)[None, :]
     mask = mask & (j <= i + (kv_len - q_len))[None]
   if q_segment_ids is not None:
-    mask = mask & (q_segment_ids[:, :, None] == kv_segment_ids[:, None, :])
+    mask = mask & (q_segment_ids[:, :, None] == kv_segment_ids[:, None, :]) & (q_segment_ids != 0)[:, :, None]
   return mask
 
 

@@ -126,3 +126,20 @@ def test_kv_lengths_dispatch_and_refusals(monkeypatch):
   monkeypatch.setattr(jax, 'default_backend', lambda: 'gpu')
   assert attention._decode_impl('auto', q, k) == 'pallas'
   assert attention._decode_impl('auto', many, k) is None
+
+
+@pytest.mark.parametrize('backend', ['gpu', 'tpu'])
+def test_auto_runs_the_flash_kernel_for_segment_ids_and_xla_for_a_mask(backend, monkeypatch):
+  """Padding and packing as segment ids reach the Pallas kernel on GPU and TPU; an arbitrary mask runs XLA."""
+  monkeypatch.setattr(jax, 'default_backend', lambda: backend)
+  calls = []
+  for name in ('pallas', 'xla'):  # record the choice, compute with XLA (no accelerator here)
+    monkeypatch.setitem(attention.ATTENTION_IMPLS, name, attention.ATTENTION_IMPLS[name]._replace(
+        fn=lambda *a, name=name, **kw: calls.append(name) or attention.xla_attention(*a, **kw)))
+  q, k, v = _qkv()
+  seg = jnp.asarray(np.repeat([[0] * 3 + [1] * 12 + [2] * 9], 2, axis=0), jnp.int32)
+  dot_product_attention(q, k, v, causal=True, segment_ids=seg)
+  dot_product_attention(*(x.astype(jnp.bfloat16) for x in (q, k, v)), causal=True, segment_ids=seg)
+  dot_product_attention(q[:, :8], k, v, segment_ids=(seg[:, :8], seg))
+  dot_product_attention(q, k, v, causal=True, mask=jnp.asarray(np.random.default_rng(0).random((2, 1, 24, 24)) < .5))
+  assert calls == ['pallas', 'pallas', 'pallas', 'xla']

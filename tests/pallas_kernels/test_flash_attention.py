@@ -45,14 +45,14 @@ def make_inputs(case: Case, seed: int = 0):
   q_seg = kv_seg = None
   batch = np.arange(case.b)[:, None]
   if case.segments == "packed":
-    # Three documents per row, boundaries at different places for q and kv and per batch entry.
-    q_seg = np.arange(case.sq)[None] * 3 // case.sq + batch
-    kv_seg = (np.arange(case.sk)[None] + 5) * 3 // (case.sk + 5) + batch
+    # Three documents per row (ids from 1), boundaries at different places for q and kv and per batch entry.
+    q_seg = np.arange(case.sq)[None] * 3 // case.sq + batch + 1
+    kv_seg = (np.arange(case.sk)[None] + 5) * 3 // (case.sk + 5) + batch + 1
   elif case.segments == "padding":
-    # Valid tokens have id 1; padded queries (id 0) and padded keys (id 2) never match: the padded
-    # queries see no key at all.
+    # Valid tokens have id 1, padding id 0 on both sides: padded queries see no key at all, and padded keys
+    # (equal ids 0 included) are seen by no query.
     q_seg = np.where(np.arange(case.sq)[None] < case.sq - 7, 1, 0) + 0 * batch
-    kv_seg = np.where(np.arange(case.sk)[None] < case.sk - 3, 1, 2) + 0 * batch
+    kv_seg = np.where(np.arange(case.sk)[None] < case.sk - 3, 1, 0) + 0 * batch
   if q_seg is not None:
     q_seg, kv_seg = q_seg.astype(np.int32), kv_seg.astype(np.int32)
   return q, k, v, d_out, q_seg, kv_seg
@@ -66,7 +66,7 @@ def rows_without_keys(case: Case, q_seg, kv_seg) -> np.ndarray:
   if case.causal:
     visible &= (j <= i + case.sk - case.sq)[None]
   if q_seg is not None:
-    visible &= q_seg[:, :, None] == kv_seg[:, None, :]
+    visible &= (q_seg[:, :, None] == kv_seg[:, None, :]) & (q_seg[:, :, None] != 0)
   return ~visible.any(axis=-1)
 
 

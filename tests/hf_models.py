@@ -14,6 +14,14 @@ from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 
 QWEN2 = dict(vocab_size=128, hidden_size=64, intermediate_size=96, num_hidden_layers=2, num_attention_heads=4,
              num_key_value_heads=2, rope_theta=1e6, initializer_range=0.1, attn_implementation='eager')
+# Llama-2-like (multi-head, no scaling); GQA and the RoPE scalings are overrides (LLAMA3_ROPE, LINEAR_ROPE).
+LLAMA = dict(vocab_size=128, hidden_size=64, intermediate_size=96, num_hidden_layers=2, num_attention_heads=4,
+             num_key_value_heads=4, initializer_range=0.1, attn_implementation='eager')
+# Llama-3.1 scaling scaled down to head_dim 16: wavelengths 6.3, 20, 63, 199, ... against 64 / 4 and 64 / 1 put one
+# channel pair below the band, two in it and five above it.
+LLAMA3_ROPE = dict(rope_type='llama3', rope_theta=500000.0, factor=8.0, low_freq_factor=1.0, high_freq_factor=4.0,
+                   original_max_position_embeddings=64)
+LINEAR_ROPE = dict(rope_type='linear', rope_theta=10000.0, factor=4.0)
 SIGLIP = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=3, num_attention_heads=4, image_size=32,
               patch_size=8, attn_implementation='eager')
 # LLaVA-OneVision: SigLIP 32 px / patch 8 -> 4 x 4 = 16 tokens per crop; up to 4 x 4 tiles so that the max-9 rule
@@ -48,6 +56,17 @@ def save_qwen2(directory: Path, *, tied: bool = False, seed: int = 0, dtype: tor
   model = transformers.Qwen2ForCausalLM(config).eval()
   perturb(model, seed)
   model.to(dtype).save_pretrained(directory)
+  return model
+
+
+def save_llama(directory: Path, *, tied: bool = False, seed: int = 0, **overrides) -> transformers.LlamaForCausalLM:
+  """A random 2-layer LlamaForCausalLM (4 heads, vocab 128; `overrides` replace LLAMA entries, e.g.
+  num_key_value_heads=2 or rope_parameters=LLAMA3_ROPE) saved to `directory`; returns it (eval)."""
+  torch.manual_seed(seed)
+  config = transformers.LlamaConfig(**{**LLAMA, 'tie_word_embeddings': tied, **overrides})
+  model = transformers.LlamaForCausalLM(config).eval()
+  perturb(model, seed)
+  model.save_pretrained(directory)
   return model
 
 

@@ -1,15 +1,23 @@
 """Multi-head (and grouped-query) attention layer: q/k/v/o projections around `dot_product_attention`."""
 import functools
+from collections.abc import Callable
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+from jax.ad_checkpoint import checkpoint_name
 from jax.nn.initializers import Initializer
 from jax.typing import DTypeLike
 
 from mmjax.nn.attention import SegmentIds, dot_product_attention
 from mmjax.nn.linear import DenseGeneral, default_kernel_init
-from mmjax.nn.rope import apply_rope
+from mmjax.nn.rope import RopeScaling, apply_rope
+
+# The KV-cache hook: the chunk's keys (after RoPE) and values [B, S, Hkv, D] -> the keys and values to attend to
+# [B, T, Hkv, D], e.g. a cache's buffers with the chunk written in.
+# The name of the attention output (before o_proj) for remat policies that save it instead of recomputing it.
+ATTENTION_OUTPUT = 'attention_output'
+KVHook = Callable[[jax.Array, jax.Array], tuple[jax.Array, jax.Array]]
 
 
 class MultiHeadAttention(nn.Module):
@@ -26,6 +34,7 @@ class MultiHeadAttention(nn.Module):
   qkv_bias: bool = True
   out_bias: bool = True
   rope_theta: float = 10000.0
+  rope_scaling: RopeScaling | None = None
   attn_impl: str = 'auto'
   dtype: DTypeLike | None = None
   param_dtype: DTypeLike = jnp.float32
@@ -35,10 +44,13 @@ class MultiHeadAttention(nn.Module):
   @nn.compact
   def __call__(self, x: jax.Array, kv: jax.Array | None = None, *, causal: bool = False,
                mask: jax.Array | None = None, segment_ids: SegmentIds | None = None,
-               positions: jax.Array | None = None) -> jax.Array:
-    """`mask` and `segment_ids` are as in `dot_product_attention`.
+               positions: jax.Array | None = None, kv_hook: KVHook | None = None,
+               kv_lengths: jax.Array | None = None) -> jax.Array:
+    """`mask`, `segment_ids` and `kv_lengths` are as in `dot_product_attention`.
 
-    positions: int [B, S]; when given, RoPE (theta `rope_theta`) rotates q and k. Self-attention only.
+    positions: int [B, S]; when given, RoPE (theta `rope_theta`, `rope_scaling`) rotates q and k. Self-attention
+      only.
+    kv_hook: a `KVHook` through which the keys and values pass before attention (a decoder's KV cache).
     """
     if positions is not None and kv is not None:
       raise ValueError('positions (RoPE) are only supported for self-attention (kv=None).')
@@ -54,13 +66,16 @@ class MultiHeadAttention(nn.Module):
     k = dense((num_kv_heads, head_dim), kv_axes, use_bias=self.qkv_bias, name='k_proj')(kv)
     v = dense((num_kv_heads, head_dim), kv_axes, use_bias=self.qkv_bias, name='v_proj')(kv)
     if positions is not None:
-      q = apply_rope(q, positions, theta=self.rope_theta)
-      k = apply_rope(k, positions, theta=self.rope_theta)
+      q = apply_rope(q, positions, theta=self.rope_theta, scaling=self.rope_scaling)
+      k = apply_rope(k, positions, theta=self.rope_theta, scaling=self.rope_scaling)
+    if kv_hook is not None:
+      k, v = kv_hook(k, v)
     q = nn.with_logical_constraint(q, ('batch', 'length', 'heads', 'head_dim'))
     k = nn.with_logical_constraint(k, ('batch', 'length', 'kv_heads', 'head_dim'))
     v = nn.with_logical_constraint(v, ('batch', 'length', 'kv_heads', 'head_dim'))
-    out = dot_product_attention(q, k, v, causal=causal, mask=mask, segment_ids=segment_ids, impl=self.attn_impl)
-    out = nn.with_logical_constraint(out, ('batch', 'length', 'heads', 'head_dim'))
+    out = dot_product_attention(q, k, v, causal=causal, mask=mask, segment_ids=segment_ids, impl=self.attn_impl,
+                                kv_lengths=kv_lengths)
+    out = checkpoint_name(nn.with_logical_constraint(out, ('batch', 'length', 'heads', 'head_dim')), ATTENTION_OUTPUT)
     out = dense(self.out_features or x.shape[-1], ('heads', 'head_dim', 'embed'), axis=(-2, -1),
                 use_bias=self.out_bias, name='o_proj')(out)
     return nn.with_logical_constraint(out, ('batch', 'length', 'embed'))

@@ -7,10 +7,11 @@ layout name the caller gives.
 from collections.abc import Mapping
 from typing import Any
 
-from mmjax.weights import llava_onevision, qwen2, siglip
+from mmjax.weights import llama, llava_onevision, qwen2, siglip
 from mmjax.weights.key_map import Layout, ModelSpec
 
 MODEL_SPECS: dict[str, ModelSpec] = {
+    'llama': llama.SPEC,
     'llava_onevision': llava_onevision.SPEC,
     'qwen2': qwen2.SPEC,
     'siglip_vision_model': siglip.SPEC,
@@ -23,6 +24,7 @@ DIFFUSERS_SPECS: dict[str, ModelSpec] = {}
 # Layout name -> key map from the target's shapes. The HF model types are layouts too: a bare .safetensors file
 # with their tensor names.
 LAYOUTS: dict[str, Layout] = {
+    'llama': llama.layout_key_map,
     'llava_onevision': llava_onevision.layout_key_map,
     'qwen2': qwen2.layout_key_map,
     'siglip_vision_model': siglip.layout_key_map,

@@ -118,7 +118,7 @@ def test_config_from_hf_dict():
   assert Qwen2Config.from_hf_dict(v5.to_hf_dict()) == v5
   with pytest.raises(ValueError, match="lacks \\['vocab_size'\\]"):
     Qwen2Config.from_hf_dict({k: v for k, v in base.items() if k != 'vocab_size'})
-  with pytest.raises(ValueError, match='use_sliding_window.*only default RoPE'):
+  with pytest.raises(ValueError, match="use_sliding_window=true; rope type 'yarn'"):
     Qwen2Config.from_hf_dict({**base, 'use_sliding_window': True, 'rope_scaling': {'type': 'yarn'}})
   with pytest.raises(ValueError, match='multiple of num_key_value_heads'):
     Qwen2Config.from_hf_dict({**base, 'num_key_value_heads': 3})

@@ -8,7 +8,9 @@ crop per image when a prompt has several, AnyRes for a single image) and preproc
 
 Both load what `mmjax.weights.load_model.load_model` loads: an HF directory, or an mmjax trainer workdir whose
 architecture and tokenizer come from the HF directory `base`. A continuation ends at the checkpoint's EOS ids
-(generation_config.json, else config.json) or at `<|im_end|>`, the end of a ChatML turn.
+(generation_config.json, else config.json) or at `<|im_end|>`, the end of a ChatML turn. With temperature > 0,
+the k-th prompt a responder answers draws from stream (seed, k) (`mmjax.generate.generate`'s request ids), so
+prompts and follow-ups sample independently and a run is reproducible from its seed.
 `max_context_tokens` is the model's window (or the smaller `context_tokens`) less `max_new_tokens`, so that a
 benchmark fits each prompt before asking (CoverBench cuts its context from the left; MMIU drops images).
 """
@@ -52,6 +54,7 @@ class _ModelResponder(abc.ABC):
     self.batch_size = batch_size
     self.temperature = temperature
     self.seed = seed
+    self.answered = 0  # prompts answered so far: the next prompt's request id
     window = as_adapter(model.module).max_context
     if context_tokens > 0:
       window = min(window, context_tokens)
@@ -79,8 +82,11 @@ class _ModelResponder(abc.ABC):
     kwargs = dict(max_new_tokens=self.max_new_tokens, temperature=self.temperature, seed=self.seed,
                   eos_token_id=self.eos_token_id or None)
     for first in range(0, len(prompts), self.batch_size):
-      for tokens in self._generate(prompts[first:first + self.batch_size], **kwargs):
+      batch = prompts[first:first + self.batch_size]
+      ids = list(range(self.answered, self.answered + len(batch)))
+      for tokens in self._generate(batch, request_ids=ids, **kwargs):
         out.append(self.tokenizer.decode(tokens, skip_special_tokens=True).strip())
+      self.answered += len(batch)
     return out
 
 

@@ -1,4 +1,4 @@
-"""What the generation engine needs from a decoder, and the adapter for `Qwen2ForCausalLM`.
+"""What the generation engine needs from a decoder, and the adapter of the decoder family (Qwen2, Llama).
 
 The engine (`generate`, `beam_search`, `score`) never calls a flax module directly: it talks to a `DecoderAdapter`.
 A multimodal model plugs in with its own adapter whose `prefill` turns token ids plus its model inputs (e.g. pixel
@@ -13,17 +13,32 @@ only knows per-row lengths sees exactly the real tokens.
 An adapter may also define `prepare_inputs(sequences, model_inputs) -> model_inputs`: the engine calls it with the
 fitted token sequences (numpy) and the caller's model inputs before anything is traced, so the adapter can check
 them against the prompts (e.g. placeholder counts, which a traced batch cannot check) and make layout inputs static.
+A session (`mmjax.generate.session`) continues rows after a decode or appends tokens to them with two more optional
+methods, `extend` and `rewind` (see `Qwen2Adapter`); `generate`, `stream`, `beam_search` and `score` need neither.
+
+`as_adapter` finds the adapter of a flax module in a registry filled by `register_adapter`, so a model family's
+adapter module (e.g. `mmjax.generate.llava`) imports this one and never the other way round.
 """
 import dataclasses
+from collections.abc import Callable
 from typing import Any, Protocol, runtime_checkable
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from mmjax.models.decoder import DecoderForCausalLM
 from mmjax.models.kv_cache import KVCache, init_cache
-from mmjax.models.llava_onevision import LlavaOnevisionForConditionalGeneration
-from mmjax.models.qwen2 import Qwen2ForCausalLM
+
+_ADAPTERS: dict[type, Callable[[Any], 'DecoderAdapter']] = {}
+
+
+def register_adapter(module_type: type) -> Callable[[type], type]:
+  """Class decorator: `as_adapter(m)` returns `cls(m)` for instances m of module_type (and its subclasses)."""
+  def register(cls: type) -> type:
+    _ADAPTERS[module_type] = cls
+    return cls
+  return register
 
 
 @runtime_checkable
@@ -58,10 +73,12 @@ class DecoderAdapter(Protocol):
     """Full-sequence float32 logits [B, S, V] of right-padded tokens int32 [B, S] (no cache); [b, t] predicts t+1."""
 
 
+@register_adapter(DecoderForCausalLM)
 @dataclasses.dataclass(frozen=True)
 class Qwen2Adapter:
-  """`DecoderAdapter` for a text-only `Qwen2ForCausalLM`; the cache is a `KVCache` in the module's compute dtype."""
-  module: Qwen2ForCausalLM
+  """`DecoderAdapter` for a text-only decoder of the family (`Qwen2ForCausalLM`, `LlamaForCausalLM`); the cache is
+  a `KVCache` in the module's compute dtype."""
+  module: DecoderForCausalLM
 
   @property
   def vocab_size(self) -> int:
@@ -85,19 +102,28 @@ class Qwen2Adapter:
     in: a multimodal adapter computes those and delegates here with its language model's params."""
     return self._prefill(params, lengths, cache, inputs_embeds=embeds)
 
+  def extend(self, params: Any, tokens: jax.Array, lengths: jax.Array, cache: KVCache) -> tuple[jax.Array, KVCache]:
+    """Appends right-padded tokens int32 [B, T] with lengths int32 [B] (>= 0) to a contiguous cache; returns
+    (float32 logits [B, V] after each row's last new token (meaningless where lengths is 0), the cache)."""
+    return self._prefill(params, lengths, cache, input_ids=tokens)
+
+  def rewind(self, cache: KVCache, lengths: jax.Array) -> KVCache:
+    """Keeps the first lengths[b] (<= its current length) slots of each row: later writes overwrite the rest."""
+    slots = jnp.arange(cache.max_len)[None, :]
+    return cache.replace(lengths=lengths.astype(jnp.int32), valid=slots < lengths[:, None], contiguous=True)
+
   def _prefill(self, params: Any, lengths: jax.Array, cache: KVCache, **inputs: jax.Array
                ) -> tuple[jax.Array, KVCache]:
+    """Appends a right-padded chunk (lengths [B] real tokens per row) to a contiguous (or empty) cache."""
     width = next(iter(inputs.values())).shape[1]
     mask = jnp.arange(width)[None, :] < lengths[:, None]
     # Only each row's last real token needs logits: skipping the [B, P, V] unembedding halves a CPU prefill.
     out = self.module.apply({'params': params}, **inputs, attention_mask=mask, cache=cache,
-                            logits_at=(lengths - 1)[:, None])
-    # The right padding was written after each prompt; forgetting it leaves every row contiguous from slot 0, and
-    # the next token overwrites the first padding slot. Positions count valid slots, so they stay HF's. Decode steps
-    # then attend by lengths alone (the decode kernel on GPU/TPU).
-    slots = jnp.arange(out.cache.max_len)[None, :]
-    return out.logits[:, 0], out.cache.replace(lengths=lengths.astype(jnp.int32), valid=slots < lengths[:, None],
-                                               contiguous=True)
+                            logits_at=jnp.maximum(lengths - 1, 0)[:, None])
+    # The right padding was written after each row's new tokens; forgetting it leaves every row contiguous from slot
+    # 0, and the next token overwrites the first padding slot. Positions count valid slots, so they stay HF's.
+    # Decode steps then attend by lengths alone (the decode kernel on GPU/TPU).
+    return out.logits[:, 0], self.rewind(out.cache, cache.lengths + lengths)
 
   def decode(self, params: Any, tokens: jax.Array, cache: KVCache) -> tuple[jax.Array, KVCache]:
     out = self.module.apply({'params': params}, tokens[:, None], cache=cache)
@@ -111,18 +137,17 @@ class Qwen2Adapter:
 
 def _text_only(model_inputs: dict[str, Any]) -> None:
   if model_inputs:
-    raise ValueError(f'Qwen2ForCausalLM is a text-only model; it takes no {sorted(model_inputs)}. Images and '
-                     'videos need a multimodal model (e.g. LLaVA-OneVision) and its adapter.')
+    raise ValueError(f'a decoder-only language model is a text-only model; it takes no {sorted(model_inputs)}. '
+                     'Images and videos need a multimodal model (e.g. LLaVA-OneVision) and its adapter.')
 
 
 def as_adapter(model: nn.Module | DecoderAdapter) -> DecoderAdapter:
-  """The adapter for a supported flax module; a `DecoderAdapter` is returned unchanged."""
-  if isinstance(model, Qwen2ForCausalLM):
-    return Qwen2Adapter(model)
-  if isinstance(model, LlavaOnevisionForConditionalGeneration):
-    from mmjax.generate.llava import LlavaOnevisionAdapter  # llava.py imports this module
-    return LlavaOnevisionAdapter(model)
+  """The registered adapter of a flax module (`register_adapter`); a `DecoderAdapter` is returned unchanged."""
+  for cls in type(model).__mro__:
+    if cls in _ADAPTERS:
+      return _ADAPTERS[cls](model)
   if isinstance(model, DecoderAdapter):
     return model
-  raise TypeError(f'No generation adapter for {type(model).__name__}: pass a Qwen2ForCausalLM, a '
-                  'LlavaOnevisionForConditionalGeneration or an object implementing mmjax.generate.DecoderAdapter.')
+  names = ', '.join(sorted(t.__name__ for t in _ADAPTERS))
+  raise TypeError(f'No generation adapter for {type(model).__name__}: pass one of {names} (adapters registered '
+                  'with mmjax.generate.register_adapter) or an object implementing mmjax.generate.DecoderAdapter.')

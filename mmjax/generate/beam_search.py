@@ -17,12 +17,12 @@ import flax.struct
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax.sharding import Mesh
 
-from mmjax.generate import decode_loop as loop
 from mmjax.generate.adapters import DecoderAdapter, as_adapter
-from mmjax.generate.batching import fit_prompts, prepare_model_inputs
+from mmjax.generate.batching import bucket, fit_prompts, prepare_model_inputs
 from mmjax.generate.compiles import record
-from mmjax.generate.generate import TokenIds, stop_rules
+from mmjax.generate.session import TokenIds, prefill_fitted, stop_rules
 
 _NEG = -1.0e9  # transformers' "impossible" score; sums with it stay far below any real score
 
@@ -59,13 +59,14 @@ class BeamState:
 
 def beam_search(model: nn.Module | DecoderAdapter, params: Any, prompts: Sequence[TokenIds], *, num_beams: int,
                 max_new_tokens: int, length_penalty: float = 1.0, eos_token_id: int | Sequence[int] | None = None,
-                truncate: str | None = None, **model_inputs: Any) -> list[list[Hypothesis]]:
+                truncate: str | None = None, mesh: Mesh | None = None, **model_inputs: Any
+                ) -> list[list[Hypothesis]]:
   """Beam search after each prompt; returns hypotheses[prompt], the num_beams best, best first.
 
   They equal transformers' `generate(num_beams=num_beams, early_stopping=True, length_penalty=length_penalty,
   do_sample=False, num_return_sequences=num_beams)` token for token, with its `sequences_scores`
   (max_new_tokens=0 gives one empty hypothesis). Arguments as in `generate`; each prompt is prefilled once and
-  its cache copied to its beams, which are reordered (a row gather) at every step.
+  its cache copied to its beams (a `session.prefill`), which are reordered (a row gather) at every step.
   """
   adapter = as_adapter(model)
   if not isinstance(num_beams, int) or num_beams < 1:
@@ -82,16 +83,17 @@ def beam_search(model: nn.Module | DecoderAdapter, params: Any, prompts: Sequenc
   model_inputs = prepare_model_inputs(adapter, fitted, model_inputs)
   if max_new_tokens == 0:
     return [[Hypothesis([], 0.0)] for _ in fitted]
-  batch, budget, logits, cache = loop.prefill_prompts(adapter, params, fitted, max_new_tokens, model_inputs)
-  rows = len(batch.lengths)
+  session = prefill_fitted(adapter, params, fitted, max_new_tokens, 0, np.zeros(len(fitted), np.uint32),
+                           model_inputs, mesh)  # beam search never samples: the streams are unused
+  real = np.arange(len(session.lengths)) < session.num_rows
   settings = (jnp.int32(max_new_tokens), eos_ids, jnp.float32(length_penalty))
-  state = _start(logits, cache, np.arange(rows) < batch.num_prompts, *settings, num_beams=num_beams,
-                 budget=budget, candidates=candidates)
+  state = _start(session.logits, session.cache, real, *settings, num_beams=num_beams,
+                 budget=bucket(max_new_tokens, minimum=8), candidates=candidates)
   state = _loop(adapter, params, state, *settings, candidates=candidates)
   finished, scores, lengths, is_finished = jax.device_get((state.finished, state.scores, state.lengths,
                                                            state.is_finished))
   return [[Hypothesis([int(t) for t in finished[p, k, :lengths[p, k]]], float(scores[p, k]))
-           for k in range(num_beams) if is_finished[p, k]] for p in range(batch.num_prompts)]
+           for k in range(num_beams) if is_finished[p, k]] for p in range(session.num_rows)]
 
 
 @functools.partial(jax.jit, static_argnames=('num_beams', 'budget', 'candidates'))

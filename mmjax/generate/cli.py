@@ -22,11 +22,14 @@ Batch output: one JSON object per completion (--num_samples per input line), in 
 `mmjax.generate.Completion`). It is written to OUTPUT.partial and renamed to OUTPUT when every line is done, so an
 existing OUTPUT is never cut short. Rerunning an interrupted command resumes: the input lines already completed in
 OUTPUT.partial (or in OUTPUT) are not generated again; the decoding flags of the two runs are not compared.
+Sampling is reproducible from --seed: sample s of input line n draws from stream (seed, n, s), so every line
+draws independently and a resumed run samples what the uninterrupted one would have.
 
 Chat mode reads one user message per stdin line and streams the reply token by token to stdout, ending it with a
-newline; "/reset" forgets the conversation, end of input quits. Conversations use ChatML when the tokenizer has
-<|im_start|> and <|im_end|>, else plain "User: ... / Assistant: ..." turns; the oldest tokens are cut when the
-conversation outgrows the context.
+newline; "/reset" forgets the conversation, end of input quits. Reply k of the session draws from stream (seed, k),
+so a message repeated after /reset gets a fresh sample (the same reply only when greedy). Conversations use ChatML
+when the tokenizer has <|im_start|> and <|im_end|>, else plain "User: ... / Assistant: ..." turns; the oldest
+tokens are cut when the conversation outgrows the context.
 
 Errors in the input or the flags print one line and exit 2; --debug shows the traceback instead.
 """
@@ -216,8 +219,9 @@ def run_batch(model: LoadedModel, input_path: str | os.PathLike, output_path: st
     for begin in range(0, len(pending), settings.batch_size):
       chunk = pending[begin:begin + settings.batch_size]
       prompts, model_inputs = _chunk_inputs(model, chunk)
+      # Each input line draws its own samples (request id = line number), the same after a resume.
       results = generate(model.module, model.params, prompts, eos_token_id=eos or None,
-                         **settings.generate_kwargs(), **model_inputs)
+                         request_ids=[r.line for r in chunk], **settings.generate_kwargs(), **model_inputs)
       for request, completions in zip(chunk, results):
         for sample, c in enumerate(completions):
           out.write(json.dumps({**request.record, 'input_line': request.line, 'sample': sample,
@@ -257,6 +261,7 @@ def run_chat(model: LoadedModel, settings: Settings, stdin: TextIO = sys.stdin, 
   eos = tuple(eos) + template.end_ids
   history: list[int] = []
   kwargs = {**settings.generate_kwargs(), 'num_samples': 1, 'truncate': 'left'}
+  turn = 0  # each reply draws its own samples (request id = turn), also after /reset
   for line in stdin:
     message = line.rstrip('\n')
     if message.strip() == '/reset':
@@ -268,7 +273,7 @@ def run_chat(model: LoadedModel, settings: Settings, stdin: TextIO = sys.stdin, 
     tokens: list[int] = []
     shown = ''
     for ((completion,),) in stream(model.module, model.params, [history], eos_token_id=eos or None, chunk=1,
-                                   **kwargs):
+                                   request_ids=[turn], **kwargs):
       tokens = [t for t in completion.tokens if t not in template.end_ids]
       text = model.decode(tokens) or ''
       if not text.endswith('\ufffd'):  # hold back an incomplete multi-byte character
@@ -278,6 +283,7 @@ def run_chat(model: LoadedModel, settings: Settings, stdin: TextIO = sys.stdin, 
     stdout.write('\n')
     stdout.flush()
     history += tokens + template.turn_end()
+    turn += 1
 
 
 class _ChatTemplate:

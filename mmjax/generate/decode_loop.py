@@ -1,10 +1,11 @@
-"""The jitted pieces of `generate`: prefill, copying prefills to samples, and the decode `lax.while_loop`.
+"""The jitted pieces of decoding: prefill, and the decode `lax.while_loop` over the rows of a session.
 
-Rows are prompt-major: row r = prompt r // num_samples, sample r % num_samples. Every row carries its own cache
-row; rows of one prompt start from copies of its single prefill. Each loop step selects every running row's next
-token from its pending logits, then (while any row runs) feeds the tokens to the model for the next logits. The
-loop runs until every row is finished (EOS, a stop sequence, or its token budget) or until a step bound `until`,
-so a caller can stream by running it in chunks; one call with until = budget is one while_loop.
+Every row carries its own cache row (`session.Session` forks rows by gathering them). Each loop step selects every
+running row's next token from its pending logits, then feeds the tokens to the model for the next logits; a row
+that has finished keeps the logits after its last token, and the caller rewinds its cache to its own tokens, so
+the session can go on. The loop runs until every row is finished (EOS, a stop sequence, or its token budget) or
+until a step bound `until`, so a caller can stream by running it in chunks; one call with until = budget is one
+while_loop.
 """
 import functools
 from typing import Any
@@ -43,7 +44,8 @@ class DecodeState:
   cache: the adapter's cache, R rows. logits: float32 [R, V], the pending next-token logits.
   tokens: int32 [R, N] and logprobs float32 [R, N] of the generated tokens; num_tokens: int32 [R].
   finish: int32 [R], RUNNING or the finish reason. step: int32 scalar, tokens generated so far.
-  sample: int32 [R], each row's sample index (its PRNG stream). key: the call's base PRNG key.
+  keys: PRNG keys [R], each row's stream; drawn: int32 [R], tokens the row drew before this loop. Step t draws
+  with fold_in(keys[r], drawn[r] + t), so decoding in several calls continues one stream.
   """
   cache: Any
   logits: jax.Array
@@ -52,8 +54,8 @@ class DecodeState:
   num_tokens: jax.Array
   finish: jax.Array
   step: jax.Array
-  sample: jax.Array
-  key: jax.Array
+  keys: jax.Array
+  drawn: jax.Array
 
 
 @functools.partial(jax.jit, static_argnames=('adapter', 'static_inputs', 'cache_len'))
@@ -63,7 +65,8 @@ def prefill(adapter: DecoderAdapter, params: Any, tokens: jax.Array, lengths: ja
 
   array_inputs, static_inputs: the model inputs from `batching.split_model_inputs`.
   """
-  record('prefill', rows=tokens.shape[0], prompt_len=tokens.shape[1], cache_len=cache_len)
+  record('prefill', rows=tokens.shape[0], prompt_len=tokens.shape[1], cache_len=cache_len,
+         **{name: tuple(value.shape) for name, value in array_inputs.items()}, **dict(static_inputs))
   cache = adapter.init_cache(tokens.shape[0], cache_len)
   logits, cache = adapter.prefill(params, tokens, lengths, cache, **array_inputs, **dict(static_inputs))
   # The adapter contract: one row of last-token logits per prompt (not [B, P, V]), which the loop samples from.
@@ -79,25 +82,30 @@ def prefill_prompts(adapter: DecoderAdapter, params: Any, fitted: list, max_new_
   budget = bucket(max_new_tokens, minimum=8)
   array_inputs, static_inputs = split_model_inputs(model_inputs)
   logits, cache = prefill(adapter, params, batch.tokens, batch.lengths, array_inputs, static_inputs=static_inputs,
-                          cache_len=bucket(batch.tokens.shape[1] + budget))
+                          cache_len=cache_len(batch.tokens.shape[1], budget))
   return batch, budget, logits, cache
 
 
-@functools.partial(jax.jit, static_argnames=('num_samples', 'budget'))
-def start(logits: jax.Array, cache: Any, real: jax.Array, key: jax.Array, *, num_samples: int, budget: int
-          ) -> DecodeState:
-  """The loop's initial state: each prompt's prefill copied to its num_samples rows, no token selected yet.
+def cache_len(prompt_len: int, budget: int) -> int:
+  """Cache slots per row for a bucketed prompt length and token budget."""
+  return bucket(prompt_len + budget)
 
-  logits [B, V] and cache from `prefill`; real: bool [B], False for batch-padding rows (born finished).
+
+@functools.partial(jax.jit, static_argnames=('budget',))
+def begin(logits: jax.Array, cache: Any, real: jax.Array, keys: jax.Array, drawn: jax.Array, *, budget: int
+          ) -> DecodeState:
+  """The loop's initial state for R rows, no token selected yet.
+
+  logits [R, V] and cache: each row's pending next-token logits and its cache; real: bool [R], False for
+  batch-padding rows (born finished); keys: PRNG keys [R]; drawn: int32 [R] (see DecodeState).
   """
-  record('start', rows=logits.shape[0] * num_samples, budget=budget)
-  rows = logits.shape[0] * num_samples
-  repeat = functools.partial(jnp.repeat, repeats=num_samples, axis=0)
+  record('begin', rows=logits.shape[0], budget=budget)
+  rows = logits.shape[0]
+  # The cache passes through uncopied (no second cache in memory): the loop, which donates its state, consumes it.
   return DecodeState(
-      cache=jax.tree.map(repeat, cache), logits=repeat(logits),
-      tokens=jnp.full((rows, budget), PAD, jnp.int32), logprobs=jnp.zeros((rows, budget), jnp.float32),
-      num_tokens=jnp.zeros((rows,), jnp.int32), finish=jnp.where(repeat(real), RUNNING, LENGTH),
-      step=jnp.int32(0), sample=jnp.tile(jnp.arange(num_samples, dtype=jnp.int32), logits.shape[0]), key=key)
+      cache=cache, logits=logits, tokens=jnp.full((rows, budget), PAD, jnp.int32),
+      logprobs=jnp.zeros((rows, budget), jnp.float32), num_tokens=jnp.zeros((rows,), jnp.int32),
+      finish=jnp.where(real, RUNNING, LENGTH), step=jnp.int32(0), keys=keys, drawn=drawn)
 
 
 @functools.partial(jax.jit, static_argnames=('adapter', 'filters'), donate_argnames=('state',))
@@ -110,11 +118,12 @@ def decode_loop(adapter: DecoderAdapter, params: Any, state: DecodeState, values
     return (s.step < until) & jnp.any(s.finish == RUNNING)
 
   def step(s: DecodeState) -> DecodeState:
+    emitting = s.finish == RUNNING
     s, token = _emit(s, filters, values, rules)
-    # Once every row has finished, the next logits would never be used.
-    logits, cache = jax.lax.cond(jnp.any(s.finish == RUNNING), lambda: adapter.decode(params, token, s.cache),
-                                 lambda: (s.logits, s.cache))
-    return s.replace(logits=logits, cache=cache)
+    # Every row appends (finished rows a PAD that the caller rewinds away); a row keeps the logits after its own
+    # last token, so a session can continue it.
+    logits, cache = adapter.decode(params, token, s.cache)
+    return s.replace(logits=jnp.where(emitting[:, None], logits, s.logits), cache=cache)
 
   return jax.lax.while_loop(running, step, state)
 
@@ -125,7 +134,7 @@ def _emit(s: DecodeState, filters: Filters, values: SamplingValues, rules: StopR
 
   Returns (the state, the selected tokens int32 [R]).
   """
-  keys = jax.vmap(lambda sample: jax.random.fold_in(jax.random.fold_in(s.key, sample), s.step))(s.sample)
+  keys = jax.vmap(lambda key, drawn: jax.random.fold_in(key, drawn + s.step))(s.keys, s.drawn)
   token = select_tokens(s.logits, filters, values, keys)
   logprob = jnp.take_along_axis(jax.nn.log_softmax(s.logits, axis=-1), token[:, None], axis=-1)[:, 0]
   running = s.finish == RUNNING

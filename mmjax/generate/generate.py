@@ -1,41 +1,24 @@
-"""`generate` and `stream`: batched KV-cache decoding of token-id prompts, greedy or sampled."""
-import dataclasses
+"""`generate` and `stream`: batched KV-cache decoding of token-id prompts, greedy or sampled, on a `Session`."""
 from collections.abc import Iterator, Sequence
 from typing import Any
 
 import flax.linen as nn
-import jax
-import jax.numpy as jnp
 import numpy as np
+from jax.sharding import Mesh
 
-from mmjax.generate import decode_loop as loop
 from mmjax.generate.adapters import DecoderAdapter, as_adapter
 from mmjax.generate.batching import fit_prompts, prepare_model_inputs
-from mmjax.generate.sampling import Filters, SamplingValues, sampling_setup
+from mmjax.generate.sampling import sampling_setup
+from mmjax.generate.session import Completion, TokenIds, check_request_ids, prefill_fitted, stop_rules
 
-TokenIds = Sequence[int]
-
-
-@dataclasses.dataclass(frozen=True)
-class Completion:
-  """One continuation of one prompt.
-
-  tokens: the new token ids, ending with the EOS token or the stop sequence that finished it (if any).
-  logprobs: float32 [len(tokens)], log p(token | everything before it) under the model's unmodified
-    distribution: log-softmax of the raw logits, at temperature 1 and without top-k/top-p/min-p filtering
-    (transformers' `compute_transition_scores(sequences, output.logits, normalize_logits=True)`).
-  finish_reason: 'eos', 'stop' (a stop sequence), 'length' (max_new_tokens reached), or None while `stream`
-    is still producing it.
-  """
-  tokens: list[int]
-  logprobs: np.ndarray
-  finish_reason: str | None
+__all__ = ['Completion', 'TokenIds', 'generate', 'stream']
 
 
 def generate(model: nn.Module | DecoderAdapter, params: Any, prompts: Sequence[TokenIds], *, max_new_tokens: int,
              temperature: float = 0.0, top_k: int | None = None, top_p: float | None = None,
              min_p: float | None = None, num_samples: int = 1, eos_token_id: int | Sequence[int] | None = None,
-             stop_sequences: Sequence[TokenIds] | None = None, seed: int = 0, truncate: str | None = None,
+             stop_sequences: Sequence[TokenIds] | None = None, seed: int = 0,
+             request_ids: Sequence[int] | None = None, truncate: str | None = None, mesh: Mesh | None = None,
              **model_inputs: Any) -> list[list[Completion]]:
   """Generates up to max_new_tokens tokens after each prompt; returns completions[prompt][sample].
 
@@ -50,29 +33,36 @@ def generate(model: nn.Module | DecoderAdapter, params: Any, prompts: Sequence[T
       Needs temperature > 0 (greedy samples would be identical).
     eos_token_id: token id(s) that end a continuation (kept as its last token).
     stop_sequences: token-id sequences that end a continuation when its generated tokens end with one (kept).
-    seed: sample s of a prompt draws from PRNG stream (seed, s), so results do not depend on the batch: a prompt
-      gives the same samples alone or in a batch, and identical prompts in one call get identical samples.
+    seed, request_ids: the sampling streams (`session` module docstring). request_ids (ints in [0, 2**32)) name
+      the prompts within a run; None numbers them 0, 1, ... in this call. So different prompts draw
+      independently, and a caller that makes several calls (a benchmark, a chat) passes each prompt's index in its
+      run so that calls draw independently too; the same seed and request ids reproduce the same samples however
+      the prompts are batched. Sample 0 of a prompt is its num_samples=1 sample.
     truncate: None raises ValueError for a prompt that, with max_new_tokens, exceeds the model's context;
       'left' drops its oldest tokens instead.
+    mesh: decode on this device mesh: parameters sharded by their logical axes (tensor parallel) and the cache
+      rows over the data axes (`mmjax.generate.sharding`); None runs where the parameters are.
     model_inputs: the model's extra prefill inputs for the real prompts (e.g. pixel values), passed unchanged to
       the adapter's `prefill`: arrays are traced, other values (e.g. image sizes as tuples) are static.
 
   Prompt lengths, the batch size, the token budget and the cache length are bucketed (`batching.bucket`), so many
   calls compile few shapes; `compile_counts()` reports the compilations. Decoding is one jitted lax.while_loop
-  that stops when every row has finished.
+  that stops when every row has finished. This is `session.prefill`, a `select` that forks each prompt's row into
+  its samples, and one `decode`.
   """
   *_, completions = stream(model, params, prompts, max_new_tokens=max_new_tokens, temperature=temperature,
                            top_k=top_k, top_p=top_p, min_p=min_p, num_samples=num_samples,
-                           eos_token_id=eos_token_id, stop_sequences=stop_sequences, seed=seed, truncate=truncate,
-                           chunk=None, **model_inputs)
+                           eos_token_id=eos_token_id, stop_sequences=stop_sequences, seed=seed,
+                           request_ids=request_ids, truncate=truncate, chunk=None, mesh=mesh, **model_inputs)
   return completions
 
 
 def stream(model: nn.Module | DecoderAdapter, params: Any, prompts: Sequence[TokenIds], *, max_new_tokens: int,
            temperature: float = 0.0, top_k: int | None = None, top_p: float | None = None,
            min_p: float | None = None, num_samples: int = 1, eos_token_id: int | Sequence[int] | None = None,
-           stop_sequences: Sequence[TokenIds] | None = None, seed: int = 0, truncate: str | None = None,
-           chunk: int | None = 1, **model_inputs: Any) -> Iterator[list[list[Completion]]]:
+           stop_sequences: Sequence[TokenIds] | None = None, seed: int = 0,
+           request_ids: Sequence[int] | None = None, truncate: str | None = None, chunk: int | None = 1,
+           mesh: Mesh | None = None, **model_inputs: Any) -> Iterator[list[list[Completion]]]:
   """`generate`, yielding the completions so far after every `chunk` new tokens.
 
   Every yield is a full completions[prompt][sample] list; unfinished completions have finish_reason None. The
@@ -80,7 +70,7 @@ def stream(model: nn.Module | DecoderAdapter, params: Any, prompts: Sequence[Tok
   result. All chunks run the same compiled loop. Arguments are checked when `stream` is called.
   """
   adapter = as_adapter(model)
-  filters, values = sampling_setup(temperature, top_k, top_p, min_p)
+  filters, _ = sampling_setup(temperature, top_k, top_p, min_p)
   if not isinstance(max_new_tokens, int) or max_new_tokens < 0:
     raise ValueError(f'max_new_tokens must be an int >= 0, got {max_new_tokens!r}.')
   if not isinstance(num_samples, int) or num_samples < 1:
@@ -92,61 +82,14 @@ def stream(model: nn.Module | DecoderAdapter, params: Any, prompts: Sequence[Tok
     raise ValueError(f'chunk must be >= 1 or None, got {chunk}.')
   fitted = fit_prompts(prompts, vocab_size=adapter.vocab_size, max_context=adapter.max_context,
                        reserve=max_new_tokens, truncate=truncate)
-  rules = stop_rules(max_new_tokens, eos_token_id, stop_sequences, adapter.vocab_size)
+  stop_rules(max_new_tokens, eos_token_id, stop_sequences, adapter.vocab_size)  # checked before prefill
+  ids = check_request_ids(request_ids, len(fitted))
   model_inputs = prepare_model_inputs(adapter, fitted, model_inputs)
   if max_new_tokens == 0:
     return iter([[[Completion([], np.zeros(0, np.float32), 'length')] * num_samples for _ in fitted]])
-  return _decode(adapter, params, fitted, filters, values, rules, num_samples, seed, chunk, model_inputs)
-
-
-def _decode(adapter: DecoderAdapter, params: Any, fitted: list[np.ndarray], filters: Filters,
-            values: SamplingValues, rules: loop.StopRules, num_samples: int, seed: int, chunk: int | None,
-            model_inputs: dict[str, Any]) -> Iterator[list[list[Completion]]]:
-  """`stream`'s generator, for validated arguments and max_new_tokens >= 1."""
-  max_new_tokens = int(rules.max_new)
-  batch, budget, logits, cache = loop.prefill_prompts(adapter, params, fitted, max_new_tokens, model_inputs)
-  rows = len(batch.lengths)
-  state = loop.start(logits, cache, np.arange(rows) < batch.num_prompts, jax.random.key(seed),
-                     num_samples=num_samples, budget=budget)
-  until = 0
-  while True:
-    until = min(until + (chunk or max_new_tokens), max_new_tokens)
-    state = loop.decode_loop(adapter, params, state, values, rules, jnp.int32(until), filters=filters)
-    completions = _completions(state, batch.num_prompts, num_samples)
-    yield completions
-    if until == max_new_tokens or all(c.finish_reason for row in completions for c in row):
-      return
-
-
-def stop_rules(max_new_tokens: int, eos_token_id: int | Sequence[int] | None,
-               stop_sequences: Sequence[TokenIds] | None, vocab_size: int) -> loop.StopRules:
-  """Validated `StopRules` (EOS ids and right-aligned stop sequences, -1 padded)."""
-  eos = [] if eos_token_id is None else [eos_token_id] if isinstance(eos_token_id, (int, np.integer)) else \
-      list(eos_token_id)
-  stops = [list(s) for s in stop_sequences or ()]
-  for name, ids in [('eos_token_id', eos)] + [(f'stop_sequences[{i}]', s) for i, s in enumerate(stops)]:
-    if not all(isinstance(t, (int, np.integer)) and 0 <= t < vocab_size for t in ids):
-      raise ValueError(f'{name} must hold token ids in [0, {vocab_size}), got {ids}.')
-  if any(not s for s in stops):
-    raise ValueError('stop_sequences must not contain an empty sequence.')
-  width = max([len(s) for s in stops] + [1])
-  stop_ids = np.full((max(len(stops), 1), width), -1, np.int32)
-  for i, s in enumerate(stops):
-    stop_ids[i, width - len(s):] = s
-  eos_ids = np.array(eos or [-1], np.int32)
-  return loop.StopRules(max_new=jnp.int32(max_new_tokens), eos_ids=jnp.asarray(eos_ids),
-                        stop_ids=jnp.asarray(stop_ids))
-
-
-def _completions(state: loop.DecodeState, num_prompts: int, num_samples: int) -> list[list[Completion]]:
-  tokens, logprobs, counts, finish = jax.device_get((state.tokens, state.logprobs, state.num_tokens,
-                                                     state.finish))
-  out = []
-  for p in range(num_prompts):
-    row = []
-    for r in range(p * num_samples, (p + 1) * num_samples):
-      n = int(counts[r])
-      row.append(Completion([int(t) for t in tokens[r, :n]], logprobs[r, :n].copy(),
-                            loop.FINISH_REASONS.get(int(finish[r]))))
-    out.append(row)
-  return out
+  session = prefill_fitted(adapter, params, fitted, max_new_tokens, seed, ids, model_inputs, mesh)
+  if num_samples > 1:  # each prompt is prefilled once; its samples are forks of its row
+    session = session.select(np.repeat(np.arange(len(fitted)), num_samples))
+  rows = session.stream(max_new_tokens=max_new_tokens, until=stop_sequences, eos_token_id=eos_token_id,
+                        temperature=temperature, top_k=top_k, top_p=top_p, min_p=min_p, chunk=chunk)
+  return ([row[p * num_samples:(p + 1) * num_samples] for p in range(len(fitted))] for row in rows)

@@ -14,7 +14,9 @@ that hold no placeholder, so the k-th placeholder of the batch takes the k-th im
 `prepare_inputs` checks before anything is traced that every prompt's placeholders are exactly the tokens of whole
 images (and, with batch_num_images, of its own images), so a prompt cut by truncate='left' through an image, a
 missing or extra image, or images out of order raise ValueError instead of decoding from misplaced features.
-image_sizes and batch_num_images become static tuples: each distinct set of sizes compiles once.
+It then replaces the image inputs with bucketed crops and a traced packing table (`visual_buckets`), so image
+counts and sizes are data, not static arguments: a benchmark compiles one prefill per (rows, prompt length,
+crops, visual tokens) bucket instead of one per set of image sizes. Videos pass through unchanged.
 """
 import dataclasses
 import functools
@@ -25,20 +27,22 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from mmjax.generate.adapters import Qwen2Adapter
+from mmjax.generate import visual_buckets
+from mmjax.generate.adapters import Qwen2Adapter, register_adapter
 from mmjax.models import anyres
 from mmjax.models.kv_cache import KVCache
-from mmjax.models.llava_onevision import LlavaOnevisionForConditionalGeneration, language_model_of
+from mmjax.models.llava_onevision import LlavaOnevisionForConditionalGeneration, language_model_of, merge_features
 
 MODEL_INPUTS = ('pixel_values', 'image_sizes', 'batch_num_images', 'pixel_values_videos')
 PAD_TOKEN = 0  # the engine's padding token (batching.pack_prompts)
 
 
+@register_adapter(LlavaOnevisionForConditionalGeneration)
 @dataclasses.dataclass(frozen=True)
 class LlavaOnevisionAdapter:
-  """Prefills `embed`'s merged embeddings into the Qwen2 language model (params['language_model']), whose text
-  decode continues. Model inputs: pixel_values, image_sizes, batch_num_images, pixel_values_videos as in the module
-  docstring (all optional; text-only prompts need none)."""
+  """Prefills the merged text and visual embeddings into the Qwen2 language model (params['language_model']),
+  whose text decode continues. Model inputs: pixel_values, image_sizes, batch_num_images, pixel_values_videos as
+  in the module docstring (all optional; text-only prompts need none)."""
   module: LlavaOnevisionForConditionalGeneration
 
   @functools.cached_property
@@ -85,8 +89,9 @@ class LlavaOnevisionAdapter:
                            f'{len(sequences)} prompts and sum to the {len(sizes)} images of pixel_values.')
         inputs['batch_num_images'] = per_prompt
         single = [n > 1 for n in per_prompt for _ in range(n)]
-      image_tokens = [anyres.single_crop_tokens(cfg.side) if one else cfg.image_layout(size).num_tokens
-                      for one, size in zip(single, sizes)]
+      layouts = [None if one else cfg.image_layout(size) for one, size in zip(single, sizes)]
+      image_tokens = [anyres.single_crop_tokens(cfg.side) if layout is None else layout.num_tokens
+                      for layout in layouts]
     if videos is not None:
       if np.ndim(videos) != 5:
         raise ValueError(f'pixel_values_videos must be [videos, frames, H, W, 3], got {np.shape(videos)}.')
@@ -98,19 +103,49 @@ class LlavaOnevisionAdapter:
                          f'{kind} features.')
       _check_placeholders(kind, [int(np.sum(s == token)) for s in sequences], tokens,
                           inputs.get('batch_num_images') if kind == 'image' else None)
+    if images is not None:
+      for name in ('pixel_values', 'image_sizes', 'batch_num_images'):
+        inputs.pop(name, None)
+      inputs.update(visual_buckets.pack_images(images, layouts, cfg.side))
     return inputs
 
   def prefill(self, params: Any, tokens: jax.Array, lengths: jax.Array, cache: KVCache, **model_inputs: Any
               ) -> tuple[jax.Array, KVCache]:
-    embeds = self.module.apply({'params': params}, tokens, **model_inputs, method='embed')
-    return self.text.prefill_embeds(params['language_model'], embeds, lengths, cache)
+    return self.text.prefill_embeds(params['language_model'], self._embed(params, tokens, **model_inputs),
+                                    lengths, cache)
+
+  def _embed(self, params: Any, tokens: jax.Array, *, crops: jax.Array | None = None,
+             taps: jax.Array | None = None, tap_weights: jax.Array | None = None,
+             pixel_values_videos: jax.Array | None = None) -> jax.Array:
+    """Token embeddings [B, S, E] with the visual tokens at their placeholders, from `prepare_inputs`' output."""
+    variables = {'params': params}
+    embeds = self.module.apply(variables, tokens, method='embed')
+    cfg = self.module.config
+    if crops is not None:
+      features = self.module.apply(variables, crops, method='_crop_features')
+      visual = visual_buckets.image_tokens(features, params['image_newline'], taps, tap_weights)
+      embeds = merge_features(embeds, tokens == cfg.image_token_index, visual, 'image')
+    if pixel_values_videos is not None:
+      visual = self.module.apply(variables, pixel_values_videos, method='video_features')
+      embeds = merge_features(embeds, tokens == cfg.video_token_index, visual.reshape(-1, embeds.shape[-1]),
+                              'video')
+    return embeds
 
   def decode(self, params: Any, tokens: jax.Array, cache: KVCache) -> tuple[jax.Array, KVCache]:
     return self.text.decode(params['language_model'], tokens, cache)
 
+  def extend(self, params: Any, tokens: jax.Array, lengths: jax.Array, cache: KVCache) -> tuple[jax.Array, KVCache]:
+    """Appends text tokens (see `Qwen2Adapter.extend`); images and videos enter only at prefill."""
+    return self.text.extend(params['language_model'], tokens, lengths, cache)
+
+  def rewind(self, cache: KVCache, lengths: jax.Array) -> KVCache:
+    return self.text.rewind(cache, lengths)
+
   def logits(self, params: Any, tokens: jax.Array, lengths: jax.Array, **model_inputs: Any) -> jax.Array:
     mask = jnp.arange(tokens.shape[1])[None, :] < lengths[:, None]
-    return self.module.apply({'params': params}, tokens, attention_mask=mask, **model_inputs).logits
+    return self.text.module.apply({'params': params['language_model']},
+                                  inputs_embeds=self._embed(params, tokens, **model_inputs),
+                                  attention_mask=mask).logits
 
 
 def _check_placeholders(kind: str, found: list[int], tokens: list[int], per_prompt: tuple[int, ...] | None

@@ -11,7 +11,7 @@ import numpy as np
 from mmjax.generate.adapters import DecoderAdapter, as_adapter
 from mmjax.generate.batching import fit_prompts, pack_prompts, prepare_model_inputs, split_model_inputs
 from mmjax.generate.compiles import record
-from mmjax.generate.generate import TokenIds
+from mmjax.generate.session import TokenIds
 
 
 def score(model: nn.Module | DecoderAdapter, params: Any, prompts: Sequence[TokenIds],

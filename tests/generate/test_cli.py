@@ -203,6 +203,20 @@ def test_chat_streams_the_reply_token_by_token(checkpoint):
   assert ''.join(first) == replies[0]
 
 
+def test_chat_replies_sample_afresh_after_reset_and_reproduce_from_the_seed(checkpoint):
+  model = load_model(checkpoint)
+  settings = cli.Settings(max_new_tokens=8, temperature=1.0, seed=5)
+
+  def chat() -> list[str]:
+    out = io.StringIO()
+    cli.run_chat(model, settings, io.StringIO('the cat sat\n/reset\nthe cat sat\n/reset\nthe cat sat\n'), out)
+    return out.getvalue().split('\n')[:-1]
+
+  replies = chat()
+  assert len(replies) == 3 and len(set(replies)) > 1, 'the same message after /reset drew the same sample'
+  assert chat() == replies
+
+
 def test_chat_mode_in_a_subprocess_answers_each_line_before_input_ends(checkpoint):
   messages = ['the cat sat', 'how are you']
   expected = _Recorder()

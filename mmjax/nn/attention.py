@@ -58,16 +58,44 @@ def _visible(q_len: int, kv_len: int, *, causal: bool, mask: jax.Array | None, q
   return functools.reduce(jnp.logical_and, masks) if masks else None
 
 
+# A long causal request runs as this many query blocks, each over only the keys it can see (10/16 of the full
+# score matrix). A fixed count keeps the program's size independent of the sequence length; a lax.scan over
+# blocks (equal-size tiles) and one full score matrix were both slower on CPU (RESULTS.md, 2026-12-03).
+CAUSAL_BLOCKS = 4
+_MIN_BLOCK = 128  # below CAUSAL_BLOCKS * _MIN_BLOCK queries one score matrix is as fast
+
+
 def xla_attention(q: jax.Array, k: jax.Array, v: jax.Array, *, causal: bool, mask: jax.Array | None,
                   q_segment_ids: jax.Array | None, kv_segment_ids: jax.Array | None, scale: float) -> jax.Array:
   """Plain XLA attention, the reference for every other implementation.
 
   Called by `dot_product_attention` with validated inputs: a mask (if any) of rank 4, segment ids as a
   ([B, Sq], [B, Sk]) pair or both None, and a float scale. See its docstring for the semantics.
-  One [Sq, Sk] score matrix per head, causal or not: skipping the key blocks above the diagonal with a scan
-  over query blocks cost more than it saved on CPU at S = 1024 and 2048, and on GPU/TPU causal training
-  runs the flash kernel.
+  A long causal request runs as CAUSAL_BLOCKS query blocks over the keys each can see (the same result: the
+  skipped keys are all masked); on GPU/TPU causal training runs the flash kernel instead.
   """
+  q_len, kv_len = q.shape[1], k.shape[1]
+  if not (causal and q_len >= CAUSAL_BLOCKS * _MIN_BLOCK and kv_len >= q_len):
+    return _xla_attention_block(q, k, v, causal=causal, mask=mask, q_segment_ids=q_segment_ids,
+                                kv_segment_ids=kv_segment_ids, scale=scale)
+  size = -(-q_len // CAUSAL_BLOCKS)
+  outs = []
+  for start in range(0, q_len, size):
+    stop = min(start + size, q_len)
+    keys = stop + kv_len - q_len  # the last key the block's last query sees, plus one
+    block_mask = None
+    if mask is not None:  # broadcast (size-1) query or key axes stay whole
+      block_mask = mask[:, :, start:stop] if mask.shape[2] > 1 else mask
+      block_mask = block_mask[..., :keys] if mask.shape[3] > 1 else block_mask
+    segments = (None, None) if q_segment_ids is None else (q_segment_ids[:, start:stop], kv_segment_ids[:, :keys])
+    outs.append(_xla_attention_block(q[:, start:stop], k[:, :keys], v[:, :keys], causal=True, mask=block_mask,
+                                     q_segment_ids=segments[0], kv_segment_ids=segments[1], scale=scale))
+  return jnp.concatenate(outs, axis=1)
+
+
+def _xla_attention_block(q: jax.Array, k: jax.Array, v: jax.Array, *, causal: bool, mask: jax.Array | None,
+                         q_segment_ids: jax.Array | None, kv_segment_ids: jax.Array | None, scale: float
+                         ) -> jax.Array:
   q_len, kv_len, num_kv_heads = q.shape[1], k.shape[1], k.shape[2]
   groups = q.shape[2] // num_kv_heads
   # Heads-major operands make both matmuls plain batched GEMMs for XLA (2x faster on CPU than contracting the

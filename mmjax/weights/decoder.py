@@ -1,6 +1,27 @@
 """HF tensor names <-> parameters of the decoder family (`mmjax.models.decoder`): Qwen2 and Llama share them."""
-from mmjax.models.decoder import DecoderConfig
-from mmjax.weights.key_map import FLATTEN, LINEAR, LINEAR_OUT, SAME, KeyMap, Shapes, Target, layer_count
+import jax.numpy as jnp
+
+from mmjax.models.decoder import DecoderConfig, DecoderForCausalLM
+from mmjax.weights.key_map import (
+  FLATTEN,
+  LINEAR,
+  LINEAR_OUT,
+  SAME,
+  KeyMap,
+  ModelSpec,
+  Shapes,
+  Target,
+  layer_count,
+)
+
+
+def family_spec(config_cls: type[DecoderConfig], module_cls: type[DecoderForCausalLM]) -> ModelSpec:
+  """The registry entry of one family member (Qwen2, Llama): its config and module classes, this key map."""
+  def build(config: DecoderConfig, dtype) -> DecoderForCausalLM:
+    return module_cls(config, dtype=dtype, param_dtype=dtype)
+
+  return ModelSpec(config_cls=config_cls, build=build,
+                   example_inputs=lambda config: (jnp.zeros((1, 1), jnp.int32),), key_map=key_map)
 
 
 def key_map(config: DecoderConfig) -> KeyMap:

@@ -1,5 +1,4 @@
 """Bad input gets a clear error naming the problem, and the workdir keeps everything it had."""
-import os
 
 import pytest
 
@@ -7,17 +6,8 @@ from configs import vit_digits
 from experiments.vit_digits.experiment import make_experiment
 from mmjax.data import ImageReadError, write_image_folder
 from mmjax.train import IncompatibleCheckpointError, train_and_evaluate
+from tests.files import snapshot
 from tests.train.launcher import run_launch
-
-
-def _snapshot(root):
-  out = {}
-  for dirpath, _, files in os.walk(root):
-    for f in files:
-      p = os.path.join(dirpath, f)
-      with open(p, 'rb') as fh:
-        out[os.path.relpath(p, root)] = fh.read()
-  return out
 
 
 def _config(**kw):
@@ -61,11 +51,11 @@ def test_unknown_config_argument_is_named(tmp_path):
 
 
 def test_missing_data_directory(trained_workdir):
-  before = _snapshot(trained_workdir)
+  before = snapshot(trained_workdir)
   config = _config(**{'data.dir': '/nonexistent/digits'})
   with pytest.raises(FileNotFoundError, match='/nonexistent/digits/train'):
     train_and_evaluate(config, trained_workdir, make_experiment(config))
-  assert _snapshot(trained_workdir) == before
+  assert snapshot(trained_workdir) == before
 
 
 def test_corrupt_image_in_folder_dataset_is_named(tmp_path):
@@ -80,7 +70,7 @@ def test_corrupt_image_in_folder_dataset_is_named(tmp_path):
 
 
 def test_checkpoint_from_an_incompatible_config(trained_workdir):
-  before = _snapshot(trained_workdir)
+  before = snapshot(trained_workdir)
   config = _config(**{'model.width': 48})
   with pytest.raises(IncompatibleCheckpointError) as e:
     train_and_evaluate(config, trained_workdir, make_experiment(config))
@@ -88,7 +78,7 @@ def test_checkpoint_from_an_incompatible_config(trained_workdir):
   assert 'incompatible config' in msg
   assert 'patch_embed/kernel' in msg and '(2, 2, 1, 32)' in msg and '(2, 2, 1, 48)' in msg
   assert 'model.width: 32 -> 48' in msg
-  assert _snapshot(trained_workdir) == before
+  assert snapshot(trained_workdir) == before
 
 
 @pytest.mark.parametrize('change, error', [({'data.dir': '/nonexistent/digits'}, FileNotFoundError),

@@ -1,7 +1,6 @@
 """Config changes on resume: those that would silently corrupt the run are refused with the diff unless
 --allow_config_change names them; safe ones are accepted with a warning; stateless ones (clip_norm) are accepted."""
 import logging
-import os
 import shutil
 
 import ml_collections
@@ -9,6 +8,7 @@ import pytest
 
 from mmjax.train import evaluate_checkpoint, optim_config, train_and_evaluate
 from mmjax.train.resume_config import REFUSED, SAFE, STATELESS, ConfigChangeError, changes, check, classify
+from tests.files import snapshot
 from tests.train.toy import toy_config, toy_experiment
 
 ONE_DEVICE = {'data': 1, 'fsdp': 1, 'tensor': 1}
@@ -33,14 +33,6 @@ def _with(config, changes_):
   return config
 
 
-def _snapshot(root):
-  out = {}
-  for dirpath, _, files in os.walk(root):
-    for f in files:
-      with open(os.path.join(dirpath, f), 'rb') as fh:
-        out[os.path.relpath(os.path.join(dirpath, f), root)] = fh.read()
-  return out
-
 
 @pytest.fixture(scope='module')
 def at_step_4(tmp_path_factory):
@@ -58,7 +50,7 @@ def workdir(at_step_4, tmp_path):
 
 
 def test_each_silent_change_is_refused_with_the_diff(workdir):
-  before = _snapshot(workdir)
+  before = snapshot(workdir)
   config = _with(_config(), CORRUPTING)
   with pytest.raises(ConfigChangeError) as e:
     train_and_evaluate(config, workdir, toy_experiment(config))
@@ -67,7 +59,7 @@ def test_each_silent_change_is_refused_with_the_diff(workdir):
                'seed: 0 -> 7', 'total_steps: 8 -> 10'):
     assert line in msg
   assert f'--allow_config_change={",".join(sorted(CORRUPTING))}' in msg
-  assert _snapshot(workdir) == before
+  assert snapshot(workdir) == before
 
 
 def test_the_flag_accepts_what_it_names_only(workdir, caplog):

@@ -17,6 +17,7 @@ import pytest
 from mmjax.train import evaluate_checkpoint, train_and_evaluate
 from mmjax.train.checkpoint import SET_ASIDE, CorruptCheckpointError
 from mmjax.train.workdir_lock import LOCK_NAME, WorkdirLock, WorkdirLockedError
+from tests.files import snapshot
 from tests.train.launcher import run_launch, start_launch
 from tests.train.metrics_io import read_metrics
 from tests.train.toy import toy_config, toy_experiment
@@ -37,16 +38,6 @@ def _train(workdir, **kw):
   config = _config(**overrides)
   return train_and_evaluate(config, str(workdir), toy_experiment(config, evaluators={'probe': _probe}), **kw)
 
-
-def _snapshot(root):
-  """{relative path: (size, mtime_ns)} of every file and directory under root."""
-  out = {}
-  for dirpath, dirnames, filenames in os.walk(root):
-    for name in dirnames + filenames:
-      path = os.path.join(dirpath, name)
-      st = os.lstat(path)
-      out[os.path.relpath(path, root)] = (st.st_size if name in filenames else 0, st.st_mtime_ns)
-  return out
 
 
 def _files(root):
@@ -99,10 +90,10 @@ def test_eval_beside_a_save_in_progress_and_a_live_lock_changes_nothing(run_copy
   lock = WorkdirLock(str(run_copy))
   lock.acquire()
   try:
-    before = _snapshot(run_copy)
+    before = snapshot(run_copy, mtimes=True)
     config = _config()
     out = evaluate_checkpoint(config, str(run_copy), toy_experiment(config, evaluators={'probe': _probe}))
-    assert _snapshot(run_copy) == before
+    assert snapshot(run_copy, mtimes=True) == before
   finally:
     lock.release()
   assert out['step'] == 4
@@ -154,9 +145,9 @@ def test_second_trainer_on_a_locked_workdir_exits_2_and_changes_nothing(run_copy
   lock = WorkdirLock(str(run_copy))  # held by this (live) process, as a running trainer holds it
   lock.acquire()
   try:
-    before = _snapshot(run_copy)
+    before = snapshot(run_copy, mtimes=True)
     proc = run_launch(str(run_copy), '--config.total_steps=8')
-    assert _snapshot(run_copy) == before
+    assert snapshot(run_copy, mtimes=True) == before
   finally:
     lock.release()
   line = _error_line(proc)
@@ -165,10 +156,10 @@ def test_second_trainer_on_a_locked_workdir_exits_2_and_changes_nothing(run_copy
 
 def test_lock_from_another_host_is_refused_with_the_way_out(run_copy):
   (run_copy / LOCK_NAME).write_text(json.dumps({'host': 'elsewhere-7', 'pid': 4242, 'since': time.time()}))
-  before = _snapshot(run_copy)
+  before = snapshot(run_copy, mtimes=True)
   with pytest.raises(WorkdirLockedError, match=rf'host elsewhere-7, pid 4242.*delete {run_copy / LOCK_NAME}'):
     _train(run_copy)
-  assert _snapshot(run_copy) == before
+  assert snapshot(run_copy, mtimes=True) == before
 
 
 def test_stale_lock_of_a_killed_run_is_taken_over(run_copy, caplog):
@@ -246,9 +237,9 @@ def test_corrupt_latest_step_falls_back_to_the_previous_one(run_copy, finished, 
 def test_empty_step_directory_is_never_latest(run_copy, finished, caplog):
   (run_copy / 'checkpoints' / '16').mkdir()
   config = _config()
-  before = _snapshot(run_copy)
+  before = snapshot(run_copy, mtimes=True)
   evaluated = evaluate_checkpoint(config, str(run_copy), toy_experiment(config))
-  assert evaluated['step'] == 4 and _snapshot(run_copy) == before
+  assert evaluated['step'] == 4 and snapshot(run_copy, mtimes=True) == before
   out = _train(run_copy)
   assert f'Skipping the checkpoint at step 16: {run_copy / "checkpoints" / "16"} is empty' in caplog.text
   assert out['step'] == 4
@@ -258,14 +249,14 @@ def test_empty_step_directory_is_never_latest(run_copy, finished, caplog):
 def test_no_good_step_fails_naming_the_files_and_changes_nothing(run_copy):
   _delete_state_metadata(run_copy / 'checkpoints' / '4')
   _empty_iterator(run_copy / 'checkpoints' / '2')
-  before = _snapshot(run_copy)
+  before = snapshot(run_copy, mtimes=True)
   with pytest.raises(CorruptCheckpointError) as e:
     _train(run_copy)
   msg = str(e.value)
   assert len(msg.splitlines()) == 1
   assert str(run_copy / 'checkpoints' / '4' / 'state' / '_METADATA') in msg
   assert str(run_copy / 'checkpoints' / '2' / 'data' / 'metadata') in msg
-  assert _snapshot(run_copy) == before
+  assert snapshot(run_copy, mtimes=True) == before
 
 
 # --- --restore_step and metrics.jsonl --------------------------------------------------------------------------

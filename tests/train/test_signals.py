@@ -15,6 +15,7 @@ import numpy as np
 import pytest
 
 from mmjax.train import train_and_evaluate
+from tests.files import snapshot
 from tests.train.launcher import start_launch
 from tests.train.metrics_io import read_metrics
 from tests.train.toy import toy_config, toy_experiment
@@ -52,14 +53,6 @@ def _config(**kw):
 def _steps(workdir):
   return sorted(int(d) for d in os.listdir(os.path.join(workdir, 'checkpoints')) if d.isdigit())
 
-
-def _snapshot(root):
-  out = {}
-  for dirpath, _, files in os.walk(root):
-    for f in files:
-      with open(os.path.join(dirpath, f), 'rb') as fh:
-        out[os.path.relpath(os.path.join(dirpath, f), root)] = fh.read()
-  return out
 
 
 def _assert_same_params(a, b):
@@ -105,7 +98,7 @@ def test_sigterm_while_restoring_exits_with_nothing_lost(uninterrupted, tmp_path
   config = _config()
   first = train_and_evaluate(config, workdir, toy_experiment(config), stop_after_step=4)
   assert first['step'] == 4
-  before = _snapshot(workdir)
+  before = snapshot(workdir)
 
   def load_frozen(ctx):  # runs while the checkpoint is restored
     os.kill(os.getpid(), signal.SIGTERM)
@@ -116,7 +109,7 @@ def test_sigterm_while_restoring_exits_with_nothing_lost(uninterrupted, tmp_path
     out = train_and_evaluate(config, workdir, slow_start)
   assert not missed
   assert out['preempted'] and out['step'] == 4
-  assert _snapshot(workdir) == before
+  assert snapshot(workdir) == before
   resumed = train_and_evaluate(config, workdir, toy_experiment(config))
   assert resumed['step'] == config.total_steps
   _assert_same_params(uninterrupted['state'], resumed['state'])

@@ -11,6 +11,7 @@ import transformers
 
 from mmjax.train.checkpoint import Checkpointer
 from mmjax.weights import from_pretrained, hf_to_orbax, orbax_to_hf
+from tests.files import snapshot
 from tests.hf_models import qwen2_logits, save_qwen2
 from tests.numerics import assert_close_programs
 from tests.train.launcher import REPO, launch_env
@@ -39,9 +40,6 @@ def _assert_carried(directory):
   assert {key: config.get(key) for key in TOKEN_IDS} == TOKEN_IDS
 
 
-def _snapshot(root):
-  return {str(p.relative_to(root)): p.stat().st_mtime_ns for p in sorted(root.rglob('*'))}
-
 
 def _assert_same_weights(a, b):
   sa, sb = a.state_dict(), b.state_dict()
@@ -69,7 +67,7 @@ def test_hf_to_orbax_to_hf_round_trip(tmp_path):
   _assert_same_weights(back, ref)
   assert_close_programs(qwen2_logits(back, IDS), qwen2_logits(ref, IDS))
   # A non-empty target is refused and left as it was.
-  before = _snapshot(tmp_path)
+  before = snapshot(tmp_path, mtimes=True)
   proc = subprocess.run([sys.executable, 'launch.py', '--mode=convert', f'--convert_from={tmp_path / "orbax"}',
                          f'--convert_to={tmp_path / "back"}'], cwd=REPO, env=launch_env(), capture_output=True,
                         text=True, timeout=300)
@@ -77,7 +75,7 @@ def test_hf_to_orbax_to_hf_round_trip(tmp_path):
   assert 'back is not empty; convert into a new or empty --convert_to' in proc.stderr.strip().splitlines()[-1]
   with pytest.raises(FileExistsError, match=r'orbax is not empty'):
     hf_to_orbax(tmp_path / 'hf', tmp_path / 'orbax')
-  assert _snapshot(tmp_path) == before
+  assert snapshot(tmp_path, mtimes=True) == before
 
 
 def test_training_workdir_to_hf_uses_the_given_config(tmp_path):

@@ -8,6 +8,7 @@ from jax.sharding import AxisType, NamedSharding, PartitionSpec as P
 
 from mmjax.train.checkpoint import Checkpointer
 from mmjax.weights import WeightsMismatchError, load_into, read_workdir_params
+from tests.files import snapshot
 
 SHAPES = {'enc': {'w': (8, 4), 'b': (4,)}, 'head': {'w': (4, 2)}}
 
@@ -21,9 +22,6 @@ def _abstract(shapes=SHAPES, sharding=None):
   return {name: {k: jax.ShapeDtypeStruct(shape, np.float32, sharding=sharding) for k, shape in sub.items()}
           for name, sub in shapes.items()}
 
-
-def _snapshot(root):
-  return {str(p.relative_to(root)): p.stat().st_mtime_ns for p in sorted(root.rglob('*'))}
 
 
 def _save_state(workdir, step, state):
@@ -49,7 +47,7 @@ def workdir(tmp_path_factory):
 
 
 def test_latest_finished_step_with_its_ema_and_nothing_written(workdir):
-  before = _snapshot(workdir)
+  before = snapshot(workdir, mtimes=True)
   params, info = read_workdir_params(workdir, _abstract())
   assert (info.step, info.ema) == (5, True)
   np.testing.assert_array_equal(params['enc']['w'], _tree(500)['enc']['w'])  # the EMA where there is one
@@ -60,7 +58,7 @@ def test_latest_finished_step_with_its_ema_and_nothing_written(workdir):
   stored, _ = read_workdir_params(workdir)
   jax.tree.map(np.testing.assert_array_equal, stored, params)
   jax.tree.map(np.testing.assert_array_equal, load_into(_abstract(), workdir), params)
-  assert _snapshot(workdir) == before
+  assert snapshot(workdir, mtimes=True) == before
 
 
 def test_ema_params_key_and_placement(tmp_path):

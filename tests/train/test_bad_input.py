@@ -18,12 +18,7 @@ def _config(**kw):
   c.total_steps = 4
   c.ckpt_every = 4
   c.eval_every = 0
-  for k, v in kw.items():
-    node = c
-    *path, last = k.split('.')
-    for p in path:
-      node = node[p]
-    node[last] = v
+  c.update_from_flattened_dict(kw)
   return c
 
 

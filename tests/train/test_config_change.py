@@ -24,12 +24,7 @@ def _config(**kw):
 
 def _with(config, changes_):
   config = ml_collections.ConfigDict(config.to_dict())
-  for key, value in changes_.items():
-    node = config
-    *path, last = key.split('.')
-    for p in path:
-      node = node[p]
-    node[last] = value
+  config.update_from_flattened_dict(changes_)
   return config
 
 

@@ -36,12 +36,7 @@ def toy_config(**overrides):
   c.optim.clip_norm = 0.0
   c.optim.name = 'sgd'
   c.optim.momentum = 0.0
-  for k, v in overrides.items():
-    node = c
-    *path, last = k.split('.')
-    for p in path:
-      node = node[p]
-    node[last] = v
+  c.update_from_flattened_dict(overrides)  # dotted keys ('optim.lr') reach nested fields
   return c
 
 

@@ -157,6 +157,14 @@ def unstack_layers(params: Mapping[str, Any]) -> dict[str, Any]:
   return {**rest, **{f'layers_{i}': jax.tree.map(lambda x, i=i: x[i], stacked) for i in range(count)}}
 
 
+def segment_positions(segment_ids: jax.Array) -> jax.Array:
+  """Each token's index within its run of equal segment ids: int [B, S] -> int32 [B, S] (RoPE restarts per
+  packed document)."""
+  index = jnp.arange(segment_ids.shape[1], dtype=jnp.int32)
+  starts = jnp.concatenate([jnp.ones_like(segment_ids[:, :1], bool), segment_ids[:, 1:] != segment_ids[:, :-1]], 1)
+  return index - jax.lax.cummax(jnp.where(starts, index, 0), axis=1)
+
+
 @flax.struct.dataclass
 class CausalLMOutput:
   """logits: float32 [B, S, V]. cache: the updated KVCache when one was passed, else None."""
@@ -174,8 +182,10 @@ class DecoderLayer(nn.Module):
   @nn.compact
   def __call__(self, x: jax.Array, positions: jax.Array, mask: jax.Array | None,
                kv: tuple[jax.Array, jax.Array] | None = None, lengths: jax.Array | None = None,
-               kv_lengths: jax.Array | None = None) -> tuple[jax.Array, tuple[jax.Array, jax.Array] | None]:
-    """Without kv: causal attention within x (positions int [B, S]), AND mask (broadcastable to [B, 1, S, S]).
+               kv_lengths: jax.Array | None = None, segment_ids: jax.Array | None = None
+               ) -> tuple[jax.Array, tuple[jax.Array, jax.Array] | None]:
+    """Without kv: causal attention within x (positions int [B, S]), AND mask (broadcastable to [B, 1, S, S]),
+    AND within the same segment of segment_ids int [B, S] (0 = padding, attends to nothing).
 
     With kv = (keys, values) [B, T, Hkv, D]: writes this chunk at slots lengths [B], attends over all T slots
     with mask [B, 1, S, T] (which carries causality), and returns the updated (keys, values). Instead of the
@@ -195,7 +205,8 @@ class DecoderLayer(nn.Module):
         out_bias=False, rope_theta=cfg.rope_theta, rope_scaling=cfg.rope_scaling, attn_impl=self.attn_impl,
         dtype=self.dtype, param_dtype=self.param_dtype, kernel_init=INIT, name='self_attn')
     h = attention(norm(name='input_layernorm')(x), causal=kv is None or kv_lengths is not None, mask=mask,
-                  positions=positions, kv_hook=None if kv is None else write_cache, kv_lengths=kv_lengths)
+                  segment_ids=segment_ids, positions=positions, kv_hook=None if kv is None else write_cache,
+                  kv_lengths=kv_lengths)
     x = nn.with_logical_constraint(x + h, ('batch', 'length', 'embed'))
     h = SwiGLU(cfg.intermediate_size, dtype=self.dtype, param_dtype=self.param_dtype, kernel_init=INIT,
                name='mlp')(norm(name='post_attention_layernorm')(x))
@@ -231,7 +242,7 @@ class DecoderForCausalLM(nn.Module):
     if cfg.scan_layers:
       # x is the carry; the stacked (keys, values) of a cache are scanned over, everything else is shared.
       scanned = nn.scan(layer_cls, variable_axes={'params': 0}, split_rngs={'params': True},
-                        in_axes=(nn.broadcast, nn.broadcast, 0, nn.broadcast, nn.broadcast),
+                        in_axes=(nn.broadcast, nn.broadcast, 0, nn.broadcast, nn.broadcast, nn.broadcast),
                         length=cfg.num_hidden_layers, metadata_params={nn.PARTITION_NAME: 'layers'})
       self.layers = scanned(cfg, self.attn_impl, self.dtype, self.param_dtype)
     else:
@@ -248,15 +259,20 @@ class DecoderForCausalLM(nn.Module):
 
   def __call__(self, input_ids: jax.Array | None = None, *, inputs_embeds: jax.Array | None = None,
                attention_mask: jax.Array | None = None, positions: jax.Array | None = None,
-               cache: KVCache | None = None, logits_at: jax.Array | None = None) -> CausalLMOutput:
+               cache: KVCache | None = None, logits_at: jax.Array | None = None,
+               segment_ids: jax.Array | None = None) -> CausalLMOutput:
     """Runs the decoder on one chunk of S tokens per row.
 
     Args:
       input_ids: int [B, S]; exactly one of input_ids and inputs_embeds [B, S, E] is given.
       attention_mask: [B, S], 1 = real token, 0 = padding (left or right); default all real. Padding keys are
-        never attended to; logits at padding positions are meaningless.
+        never attended to; logits at padding positions are meaningless. Without a cache the padding travels to
+        attention as segment ids (real = 1, padding = 0), which the fused kernels serve on GPU/TPU.
       positions: int [B, S] RoPE positions; default cumsum(attention_mask) - 1 clipped at 0, counting the real
-        tokens already in the cache (HF generation semantics, so left padding does not shift positions).
+        tokens already in the cache (HF generation semantics, so left padding does not shift positions), or with
+        segment_ids the index of each token within its segment.
+      segment_ids: int [B, S] packed documents (training, no cache): a token attends causally to the tokens of
+        its own segment only; 0 marks padding (as attention_mask = 0 does).
       cache: a KVCache from `mmjax.models.kv_cache.init_cache`. The chunk is appended at each row's `lengths`
         and attends to every valid cached slot before it (see kv_cache.py). Without it, attention is causal
         within the chunk.
@@ -270,21 +286,29 @@ class DecoderForCausalLM(nn.Module):
     if (input_ids is None) == (inputs_embeds is None):
       raise ValueError('Pass exactly one of input_ids and inputs_embeds.')
     x = self.embed(input_ids) if inputs_embeds is None else inputs_embeds
-    self._check_shapes(x, attention_mask, positions, cache)
+    self._check_shapes(x, attention_mask, positions, segment_ids, cache)
     batch, length = x.shape[:2]
     real = jnp.ones((batch, length), bool) if attention_mask is None else attention_mask.astype(bool)
     if cache is None:
-      mask = None if attention_mask is None else real[:, None, None, :]
+      mask = None
       if positions is None:
-        positions = jnp.maximum(jnp.cumsum(real.astype(jnp.int32), axis=1) - 1, 0)
+        positions = (jnp.maximum(jnp.cumsum(real.astype(jnp.int32), axis=1) - 1, 0) if segment_ids is None
+                     else segment_positions(segment_ids))
+      if segment_ids is not None:
+        segment_ids = jnp.where(real, segment_ids.astype(jnp.int32), 0)
+      elif attention_mask is not None:
+        segment_ids = real.astype(jnp.int32)
     else:
+      if segment_ids is not None:
+        raise ValueError('segment_ids (packed documents) are for training without a cache; with a cache pass '
+                         'attention_mask.')
       # A few unpadded tokens appended to a contiguous cache attend by lengths: on GPU/TPU the decode kernel.
       by_lengths = cache.contiguous and attention_mask is None and length <= MAX_LENGTHS_CHUNK
       mask = None if by_lengths else cache.attention_mask(real)
       if positions is None:
         positions = cache.positions(real)
     kv_lengths = cache.lengths + length if cache is not None and mask is None else None
-    x, keys, values = self._layers(x, positions, mask, cache, kv_lengths)
+    x, keys, values = self._layers(x, positions, mask, cache, kv_lengths, segment_ids)
     if logits_at is not None:
       x = jnp.take_along_axis(x, logits_at[:, :, None].astype(jnp.int32), axis=1)
     x = self.norm(x)
@@ -301,32 +325,33 @@ class DecoderForCausalLM(nn.Module):
     return CausalLMOutput(logits=logits, cache=cache)
 
   def _layers(self, x: jax.Array, positions: jax.Array, mask: jax.Array | None, cache: KVCache | None,
-              kv_lengths: jax.Array | None) -> tuple[jax.Array, list[jax.Array], list[jax.Array]]:
+              kv_lengths: jax.Array | None, segment_ids: jax.Array | None = None
+              ) -> tuple[jax.Array, list[jax.Array], list[jax.Array]]:
     """Runs every layer; returns (x, the per-layer updated keys and values, empty without a cache)."""
     lengths = None if cache is None else cache.lengths
     if self.config.scan_layers:
       # The cache keeps one buffer per layer (what generation reorders row-wise); the scan reads them stacked
       # [L, B, T, Hkv, D], which costs a copy of the cache per call: decode with scan_layers=False for speed.
       kv = None if cache is None else (jnp.stack(cache.keys), jnp.stack(cache.values))
-      x, new_kv = self.layers(x, positions, mask, kv, lengths, kv_lengths)
+      x, new_kv = self.layers(x, positions, mask, kv, lengths, kv_lengths, segment_ids)
       return x, ([] if new_kv is None else list(new_kv[0])), ([] if new_kv is None else list(new_kv[1]))
     keys, values = [], []
     for i, layer in enumerate(self.layers):
       kv = None if cache is None else (cache.keys[i], cache.values[i])
-      x, new_kv = layer(x, positions, mask, kv, lengths, kv_lengths)
+      x, new_kv = layer(x, positions, mask, kv, lengths, kv_lengths, segment_ids)
       if new_kv is not None:
         keys.append(new_kv[0])
         values.append(new_kv[1])
     return x, keys, values
 
   def _check_shapes(self, x: jax.Array, attention_mask: jax.Array | None, positions: jax.Array | None,
-                    cache: KVCache | None) -> None:
+                    segment_ids: jax.Array | None, cache: KVCache | None) -> None:
     """Raises ValueError when the inputs disagree with each other or with the config."""
     cfg = self.config
     if x.ndim != 3 or x.shape[-1] != cfg.hidden_size:
       raise ValueError(f'inputs must be input_ids [B, S] or inputs_embeds [B, S, {cfg.hidden_size}], '
                        f'got embeddings of shape {x.shape}.')
-    for name, value in (('attention_mask', attention_mask), ('positions', positions)):
+    for name, value in (('attention_mask', attention_mask), ('positions', positions), ('segment_ids', segment_ids)):
       if value is not None and value.shape != x.shape[:2]:
         raise ValueError(f'{name} must be [B, S] = {list(x.shape[:2])}, got {value.shape}.')
     if cache is not None:

@@ -91,7 +91,8 @@ STAGE_ANYRES = {'stage1.5': (((2, 2), (1, 2), (1, 3), (2, 1), (3, 1)), 4), 'si':
 
 
 def _model(text: dict, vision: dict) -> ml_collections.ConfigDict:
-  return ml_collections.ConfigDict({'text': dict(text, rope_theta=1e6, rms_norm_eps=1e-6),
+  # scan_layers: the decoder's layers as one nn.scan (compile time independent of depth; mmjax.train.aot).
+  return ml_collections.ConfigDict({'text': dict(text, rope_theta=1e6, rms_norm_eps=1e-6, scan_layers=False),
                                     'vision': dict(vision, layer_norm_eps=1e-6)})
 
 
@@ -155,7 +156,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.optim.clip_norm = 1.0
   _optim_groups(c, arg.stage, PROJECTOR_LR if arg.stage == 'stage1' else REST_LR, VISION_LR)
   c.compute_dtype = 'bfloat16'
-  c.remat = True
+  c.remat_policy = 'full'
   c.mesh = {'data': 1, 'fsdp': -1, 'tensor': 8 if arg.size == '72b' else 1}
   c.log_every = 10
   c.eval_every = 0
@@ -182,7 +183,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     _optim_groups(c, arg.stage, 3e-3, 3e-3 * VISION_LR / REST_LR)
     c.model.init_std = 0.1  # ~ hidden^-1/2: at 0.02 a 64-wide decoder does not learn the option lookup
     c.compute_dtype = 'float32'
-    c.remat = False
+    c.remat_policy = 'none'
     c.mesh = {'data': -1, 'fsdp': 1, 'tensor': 1}
     c.log_every = 25
     c.eval_every = 0

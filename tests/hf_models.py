@@ -169,3 +169,70 @@ def llava_logits(model: transformers.LlavaOnevisionForConditionalGeneration, ids
   with torch.no_grad():
     return model(input_ids=torch.from_numpy(ids), attention_mask=torch.from_numpy(mask),
                  position_ids=torch.from_numpy(np.maximum(mask.cumsum(-1) - 1, 0)), **kwargs).logits.numpy()
+
+
+# CLIP towers: 32 px / patch 8 -> 1 + 16 tokens; text of up to 16 tokens over a 64-token vocabulary.
+CLIP_VISION = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=3, num_attention_heads=4, image_size=32,
+                   patch_size=8, projection_dim=24, attn_implementation='eager')
+CLIP_TEXT = dict(vocab_size=64, hidden_size=32, intermediate_size=64, num_hidden_layers=3, num_attention_heads=4,
+                 max_position_embeddings=16, projection_dim=24, pad_token_id=0, bos_token_id=1,
+                 attn_implementation='eager')
+
+
+def save_clip_vision(directory: Path, *, projection: bool = False, seed: int = 0, **overrides
+                     ) -> transformers.CLIPVisionModel | transformers.CLIPVisionModelWithProjection:
+  """A random 3-layer CLIPVisionModel (or ...WithProjection; `overrides` replace CLIP_VISION entries, e.g.
+  hidden_act='gelu') saved to `directory`; returns it (eval)."""
+  torch.manual_seed(seed)
+  cls = transformers.CLIPVisionModelWithProjection if projection else transformers.CLIPVisionModel
+  model = cls(transformers.CLIPVisionConfig(**{**CLIP_VISION, **overrides})).eval()
+  perturb(model, seed)
+  model.save_pretrained(directory)
+  return model
+
+
+def save_clip_text(directory: Path, *, projection: bool = False, eos_token_id: int = 63, seed: int = 0, **overrides
+                   ) -> transformers.CLIPTextModel | transformers.CLIPTextModelWithProjection:
+  """A random 3-layer CLIPTextModel (or ...WithProjection) saved to `directory`; returns it (eval).
+
+  eos_token_id=2 is the legacy convention (HF pools at the largest id); any other id pools at its first position.
+  """
+  torch.manual_seed(seed)
+  cls = transformers.CLIPTextModelWithProjection if projection else transformers.CLIPTextModel
+  model = cls(transformers.CLIPTextConfig(**{**CLIP_TEXT, 'eos_token_id': eos_token_id, **overrides})).eval()
+  perturb(model, seed)
+  model.save_pretrained(directory)
+  return model
+
+
+def save_clip_model(directory: Path, *, seed: int = 0) -> transformers.CLIPModel:
+  """A random CLIPModel (model_type 'clip': the CLIP_TEXT and CLIP_VISION towers and both projections, as the
+  hub's openai/clip-vit-* hold them) saved to `directory`; returns it (eval)."""
+  torch.manual_seed(seed)
+  model = transformers.CLIPModel(transformers.CLIPConfig(text_config=CLIP_TEXT, vision_config=CLIP_VISION,
+                                                         projection_dim=24)).eval()
+  perturb(model, seed)
+  model.save_pretrained(directory)
+  return model
+
+
+# LLaVA over a CLIP tower (CLIP_VISION: 16 patch tokens per image after the CLS token) and a Llama decoder.
+LLAVA_LLAMA = dict(vocab_size=128, hidden_size=64, intermediate_size=96, num_hidden_layers=2, num_attention_heads=4,
+                   num_key_value_heads=2, max_position_embeddings=256, rms_norm_eps=1e-6,
+                   attn_implementation='eager')
+LLAVA_IMAGE_TOKEN = 127
+
+
+def save_llava_clip_llama(directory: Path, *, seed: int = 0) -> transformers.LlavaForConditionalGeneration:
+  """A random tiny LLaVA-1.5-style LlavaForConditionalGeneration (CLIP tower, features of its penultimate layer
+  without the CLS token, Llama decoder) saved to `directory`; returns it (eval)."""
+  torch.manual_seed(seed)
+  vision = {k: v for k, v in CLIP_VISION.items() if k != 'projection_dim'}
+  config = transformers.LlavaConfig(
+      vision_config=transformers.CLIPVisionConfig(**vision), text_config=transformers.LlamaConfig(**LLAVA_LLAMA),
+      image_token_index=LLAVA_IMAGE_TOKEN, vision_feature_layer=-2, vision_feature_select_strategy='default',
+      image_seq_length=16)
+  model = transformers.LlavaForConditionalGeneration(config).eval()
+  perturb(model, seed)
+  model.save_pretrained(directory)
+  return model

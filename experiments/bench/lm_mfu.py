@@ -50,7 +50,7 @@ def bf16_matmul_tflops(n: int = 8192, reps: int = 10) -> float:
 
 
 def mmjax_step(cfg: Qwen2Config, impl: str, batch: int, seq: int, steps: int, warmup: int) -> dict:
-  model = Qwen2ForCausalLM(cfg, dtype=jnp.bfloat16, remat=True, attn_impl=impl)
+  model = Qwen2ForCausalLM(cfg, dtype=jnp.bfloat16, remat_policy='full', attn_impl=impl)
   compiled, state, b, num_params, compile_s = compiled_train_step(model, cfg.vocab_size, batch, seq)
   holder = [state]
   losses = []

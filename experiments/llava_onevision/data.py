@@ -23,9 +23,8 @@ from typing import Any
 
 import numpy as np
 
-from experiments.llava_onevision import visual_taps
 from mmjax.data.chat_masking import IGNORE_INDEX, ChatTokenIds, tokenize_conversation
-from mmjax.models import anyres
+from mmjax.models import anyres, visual_taps
 from mmjax.models.llava_image_processing import preprocess_image, preprocess_video
 from mmjax.models.llava_processor import LlavaOnevisionProcessor
 

@@ -27,6 +27,7 @@ from experiments.llava_onevision import model as model_lib, sources
 from experiments.llava_onevision.data import ExampleEncoder, VisualLayout, multiple_choice, option_replies
 from experiments.llava_onevision.tokenizer import smoke_processor
 from mmjax.data import IGNORE_INDEX, make_eval_pipeline, make_pipeline
+from mmjax.models import llava, visual_taps
 from mmjax.models.llava_processor import LlavaOnevisionProcessor
 from mmjax.train import Context, Experiment
 
@@ -66,6 +67,35 @@ def token_loss(logits: jax.Array, labels: jax.Array) -> tuple[jax.Array, dict[st
                                      'token_accuracy': hits.sum() / count}
 
 
+def next_token_loss(logits_fn):
+  """The trainer's loss_fn(params, batch, rng, step): `token_loss` of logits_fn(params, batch)."""
+
+  def loss_fn(params, batch, rng, step):
+    del rng, step  # no dropout, no step-dependent loss
+    return token_loss(logits_fn(params, batch), batch['labels'])
+
+  return loss_fn
+
+
+def abstract_experiment(config: ml_collections.ConfigDict) -> tuple[Experiment, dict[str, jax.ShapeDtypeStruct]]:
+  """The training experiment without data and the shapes of one global batch (the arrays of data.ExampleEncoder),
+  for lowering the step ahead of time (mmjax.train.aot); the image and video token ids are Qwen2's."""
+  defaults = model_lib.LlavaOnevisionConfig
+  cfg = model_lib.model_config(config, defaults.image_token_index, defaults.video_token_index)
+  module = model_lib.make_module(cfg, config)
+  b, s, k, c = config.batch_size, config.data.max_length, config.data.max_crops, config.model.vision.image_size
+  i32, f32 = jnp.int32, jnp.float32
+  batch = {'input_ids': jax.ShapeDtypeStruct((b, s), i32), 'labels': jax.ShapeDtypeStruct((b, s), i32),
+           'attention_mask': jax.ShapeDtypeStruct((b, s), i32),
+           'tap_index': jax.ShapeDtypeStruct((b, s, visual_taps.TAPS), i32),
+           'tap_weight': jax.ShapeDtypeStruct((b, s, visual_taps.TAPS), f32),
+           'pixel_values': jax.ShapeDtypeStruct((b, k, c, c, 3), f32)}
+  experiment = Experiment(init_params=model_lib.random_init(module, config.model.init_std),
+                          loss_fn=next_token_loss(llava.logits_fn(module)), train_data=None,
+                          flops_per_example=model_lib.flops_per_example(cfg, s, k))
+  return experiment, batch
+
+
 def make_experiment(config: ml_collections.ConfigDict) -> Experiment:
   if config.data.loss_masking not in ('original', 'assistant'):
     raise ValueError(f"config.data.loss_masking must be 'original' or 'assistant', got {config.data.loss_masking!r}")
@@ -82,12 +112,8 @@ def make_experiment(config: ml_collections.ConfigDict) -> Experiment:
   layout = VisualLayout(config.data.image_layout, tuple(tuple(g) for g in config.data.grids),
                         int(config.data.anyres_max), int(config.data.max_crops))
   encoder = ExampleEncoder(processor, layout, max_length=config.data.max_length, masking=config.data.loss_masking)
-  logits_fn = model_lib.logits_fn(module)
-
-  def loss_fn(params, batch, rng, step):
-    del rng, step  # no dropout, no step-dependent loss
-    return token_loss(logits_fn(params, batch), batch['labels'])
-
+  logits_fn = llava.logits_fn(module)
+  loss_fn = next_token_loss(logits_fn)
   train_data = make_pipeline(train_src, global_batch_size=config.batch_size, seed=config.seed, transform=encoder)
   evaluators, report = {}, None
   if eval_src is not None:

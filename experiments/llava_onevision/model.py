@@ -1,13 +1,14 @@
-"""The LLaVA-OneVision model of a run: its config, the fixed-shape forward pass and the parameter init.
+"""The LLaVA-OneVision model of a run: its config, the module and the parameter init.
 
-The forward pass runs the vision tower and projector on every crop of the batch, gathers each visual token from
-the crop features and `image_newline` with the taps of visual_taps.py, and runs the Qwen2 decoder on the merged
-embeddings (the same tokens as `LlavaOnevisionForConditionalGeneration.embed`, without its per-size shapes).
+Training runs the model's fixed-shape forward (`mmjax.models.llava.logits_fn`: the tower and projector on every
+crop of the batch, each visual token gathered from the crop features and `image_newline` with the taps of
+mmjax.models.visual_taps, the decoder on the merged embeddings), the same tokens as
+`LlavaOnevisionForConditionalGeneration.embed` without its per-size shapes.
 """
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -51,7 +52,7 @@ def check_matches(cfg: LlavaOnevisionConfig, directory: str) -> None:
   for part, ours, theirs in (('vision', cfg.vision_config, hf.vision_config), ('text', cfg.text_config,
                                                                                hf.text_config)):
     for key in ours.__dataclass_fields__:
-      if key != 'vision_use_head' and getattr(ours, key) != getattr(theirs, key):
+      if key not in ('vision_use_head', 'scan_layers') and getattr(ours, key) != getattr(theirs, key):
         problems.append(f'model.{part}.{key}: config {getattr(ours, key)!r}, checkpoint {getattr(theirs, key)!r}')
   if hf.vision_feature_layer != -1 or hf.vision_config.vision_use_head:
     problems.append(f'the checkpoint takes vision_feature_layer {hf.vision_feature_layer} with vision_use_head '
@@ -64,41 +65,8 @@ def check_matches(cfg: LlavaOnevisionConfig, directory: str) -> None:
 def make_module(cfg: LlavaOnevisionConfig, config: ml_collections.ConfigDict
                 ) -> LlavaOnevisionForConditionalGeneration:
   return LlavaOnevisionForConditionalGeneration(cfg, dtype=jnp.dtype(config.compute_dtype),
-                                                param_dtype=jnp.dtype(config.param_dtype), remat=config.remat)
-
-
-def embed_with_taps(m: LlavaOnevisionForConditionalGeneration, input_ids: jax.Array, pixel_values: jax.Array,
-                    tap_index: jax.Array, tap_weight: jax.Array) -> jax.Array:
-  """Input embeddings [B, S, E]: text tokens from the table, visual tokens as tapped crop features.
-
-  pixel_values [B, K, C, C, 3] -> features [B, K * side^2, E], plus image_newline as the bank's last row;
-  visual token s of row b is sum_t tap_weight[b, s, t] * bank[b, tap_index[b, s, t]].
-  """
-  cfg = m.config
-  batch, crops = pixel_values.shape[:2]
-  hidden = m.vision_tower(pixel_values.reshape(batch * crops, *pixel_values.shape[2:]),
-                          feature_layer=cfg.vision_feature_layer)
-  features = m.multi_modal_projector(hidden)
-  features = features.reshape(batch, -1, features.shape[-1])
-  newline = jnp.broadcast_to(m.image_newline.astype(features.dtype), (batch, 1, features.shape[-1]))
-  bank = jnp.concatenate([features, newline], axis=1)
-  taps = jax.vmap(lambda rows, index: rows[index])(bank, tap_index.reshape(batch, -1))
-  taps = taps.reshape(*tap_index.shape, -1) * tap_weight[..., None].astype(features.dtype)
-  text = m.language_model.embed(input_ids)
-  visual = (input_ids == cfg.image_token_index) | (input_ids == cfg.video_token_index)
-  embeds = jnp.where(visual[..., None], taps.sum(axis=2).astype(text.dtype), text)
-  return nn.with_logical_constraint(embeds, ('batch', 'length', 'embed'))
-
-
-def logits_fn(module: LlavaOnevisionForConditionalGeneration) -> Callable[[Params, Mapping[str, jax.Array]],
-                                                                           jax.Array]:
-  """(params, batch) -> float32 logits [B, S, V] of a batch of data.ExampleEncoder arrays."""
-
-  def forward(m, batch):
-    embeds = embed_with_taps(m, batch['input_ids'], batch['pixel_values'], batch['tap_index'], batch['tap_weight'])
-    return m(inputs_embeds=embeds, attention_mask=batch['attention_mask']).logits
-
-  return lambda params, batch: module.apply({'params': params}, batch, method=forward)
+                                                param_dtype=jnp.dtype(config.param_dtype),
+                                                remat_policy=config.remat_policy)
 
 
 def random_init(module: LlavaOnevisionForConditionalGeneration, text_std: float = QWEN2_INIT_STD

@@ -50,8 +50,11 @@ def make_sources(config: ml_collections.ConfigDict):
 
 def make_model(config: ml_collections.ConfigDict, num_classes: int) -> ViTClassifier:
   m = config.model
+  if config.remat_policy not in ('none', 'full'):
+    raise ValueError(f"config.remat_policy={config.remat_policy!r}: the ViT encoder rematerialises whole blocks, "
+                     "choose 'none' or 'full'")
   return ViTClassifier(num_classes, m.patch, m.width, m.depth, m.num_heads, m.mlp_dim, dropout=m.dropout,
-                       remat=config.remat, dtype=jnp.dtype(config.compute_dtype),
+                       remat=config.remat_policy == 'full', dtype=jnp.dtype(config.compute_dtype),
                        param_dtype=jnp.dtype(config.param_dtype))
 
 

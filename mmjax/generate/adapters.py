@@ -5,16 +5,18 @@ A multimodal model plugs in with its own adapter whose `prefill` turns token ids
 values) into embeddings (text embeddings with the visual features merged at the placeholder tokens) and prefills
 the language model with them (`Qwen2Adapter.prefill_embeds`); `decode` is then the language model's text decode.
 
-Cache contract: a cache is a pytree whose leaves all have the batch as their leading axis (the engine repeats rows
-for samples and gathers rows for beams), and after `prefill` row b holds exactly its lengths[b] prompt tokens,
-contiguous from slot 0, so that each later token is appended at slot lengths[b] and a decode-attention kernel that
-only knows per-row lengths sees exactly the real tokens.
+Cache contract: the engine picks cache rows (forks samples, reorders beams) with `take_rows`: a cache that defines
+`take_rows(rows)` (a `KVCache`, whose stacked layout has the batch on axis 1) gathers its own rows; any other cache
+is a pytree whose leaves all have the batch as their leading axis. After `prefill` row b holds exactly its
+lengths[b] prompt tokens, contiguous from slot 0, so that each later token is appended at slot lengths[b] and a
+decode-attention kernel that only knows per-row lengths sees exactly the real tokens.
 
 An adapter may also define `prepare_inputs(sequences, model_inputs) -> model_inputs`: the engine calls it with the
 fitted token sequences (numpy) and the caller's model inputs before anything is traced, so the adapter can check
 them against the prompts (e.g. placeholder counts, which a traced batch cannot check) and make layout inputs static.
 A session (`mmjax.generate.session`) continues rows after a decode or appends tokens to them with two more optional
-methods, `extend` and `rewind` (see `Qwen2Adapter`); `generate`, `stream`, `beam_search` and `score` need neither.
+methods, `extend` and `rewind` (see `Qwen2Adapter`); `generate`, `stream` and `beam_search` need neither, `score`
+(which appends the continuations to prefilled prompts) needs `extend`.
 
 `as_adapter` finds the adapter of a flax module in a registry filled by `register_adapter`, so a model family's
 adapter module (e.g. `mmjax.generate.llava`) imports this one and never the other way round.
@@ -102,28 +104,32 @@ class Qwen2Adapter:
     in: a multimodal adapter computes those and delegates here with its language model's params."""
     return self._prefill(params, lengths, cache, inputs_embeds=embeds)
 
-  def extend(self, params: Any, tokens: jax.Array, lengths: jax.Array, cache: KVCache) -> tuple[jax.Array, KVCache]:
+  def extend(self, params: Any, tokens: jax.Array, lengths: jax.Array, cache: KVCache, *, every_token: bool = False
+             ) -> tuple[jax.Array, KVCache]:
     """Appends right-padded tokens int32 [B, T] with lengths int32 [B] (>= 0) to a contiguous cache; returns
-    (float32 logits [B, V] after each row's last new token (meaningless where lengths is 0), the cache)."""
-    return self._prefill(params, lengths, cache, input_ids=tokens)
+    (float32 logits [B, V] after each row's last new token (meaningless where lengths is 0), or with every_token
+    [B, T, V] after every new token (for scoring them), the cache)."""
+    return self._prefill(params, lengths, cache, every_token, input_ids=tokens)
 
   def rewind(self, cache: KVCache, lengths: jax.Array) -> KVCache:
     """Keeps the first lengths[b] (<= its current length) slots of each row: later writes overwrite the rest."""
     slots = jnp.arange(cache.max_len)[None, :]
     return cache.replace(lengths=lengths.astype(jnp.int32), valid=slots < lengths[:, None], contiguous=True)
 
-  def _prefill(self, params: Any, lengths: jax.Array, cache: KVCache, **inputs: jax.Array
-               ) -> tuple[jax.Array, KVCache]:
-    """Appends a right-padded chunk (lengths [B] real tokens per row) to a contiguous (or empty) cache."""
+  def _prefill(self, params: Any, lengths: jax.Array, cache: KVCache, every_token: bool = False,
+               **inputs: jax.Array) -> tuple[jax.Array, KVCache]:
+    """Appends a right-padded chunk (lengths [B] real tokens per row) to a contiguous (or empty) cache; returns the
+    logits after each row's last real token [B, V], or with every_token after every chunk token [B, S, V]."""
     width = next(iter(inputs.values())).shape[1]
     mask = jnp.arange(width)[None, :] < lengths[:, None]
-    # Only each row's last real token needs logits: skipping the [B, P, V] unembedding halves a CPU prefill.
+    # Unless scoring, only each row's last real token needs logits: skipping the [B, P, V] unembedding halves a CPU
+    # prefill.
     out = self.module.apply({'params': params}, **inputs, attention_mask=mask, cache=cache,
-                            logits_at=jnp.maximum(lengths - 1, 0)[:, None])
+                            logits_at=None if every_token else jnp.maximum(lengths - 1, 0)[:, None])
     # The right padding was written after each row's new tokens; forgetting it leaves every row contiguous from slot
     # 0, and the next token overwrites the first padding slot. Positions count valid slots, so they stay HF's.
     # Decode steps then attend by lengths alone (the decode kernel on GPU/TPU).
-    return out.logits[:, 0], self.rewind(out.cache, cache.lengths + lengths)
+    return out.logits if every_token else out.logits[:, 0], self.rewind(out.cache, cache.lengths + lengths)
 
   def decode(self, params: Any, tokens: jax.Array, cache: KVCache) -> tuple[jax.Array, KVCache]:
     out = self.module.apply({'params': params}, tokens[:, None], cache=cache)
@@ -139,6 +145,13 @@ def _text_only(model_inputs: dict[str, Any]) -> None:
   if model_inputs:
     raise ValueError(f'a decoder-only language model is a text-only model; it takes no {sorted(model_inputs)}. '
                      'Images and videos need a multimodal model (e.g. LLaVA-OneVision) and its adapter.')
+
+
+def take_rows(cache: Any, rows: jax.Array) -> Any:
+  """Rows `rows` int [R] of a cache (see the cache contract): gathered along each leaf's batch axis."""
+  if hasattr(cache, 'take_rows'):
+    return cache.take_rows(rows)
+  return jax.tree.map(lambda leaf: jnp.take(leaf, rows, axis=0), cache)
 
 
 def as_adapter(model: nn.Module | DecoderAdapter) -> DecoderAdapter:

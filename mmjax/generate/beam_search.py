@@ -19,7 +19,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax.sharding import Mesh
 
-from mmjax.generate.adapters import DecoderAdapter, as_adapter
+from mmjax.generate.adapters import DecoderAdapter, as_adapter, take_rows
 from mmjax.generate.batching import bucket, fit_prompts, prepare_model_inputs
 from mmjax.generate.compiles import record
 from mmjax.generate.session import TokenIds, prefill_fitted, stop_rules
@@ -104,7 +104,7 @@ def _start(logits: jax.Array, cache: Any, real: jax.Array, max_new: jax.Array, e
   b, k = logits.shape[0], num_beams
   tokens = jnp.zeros((b, k, budget), jnp.int32)
   state = BeamState(
-      cache=jax.tree.map(functools.partial(jnp.repeat, repeats=k, axis=0), cache), running=tokens,
+      cache=take_rows(cache, jnp.repeat(jnp.arange(b), k)), running=tokens,
       # Only beam 0 is live at first, so the first step does not pick the same token K times.
       running_scores=jnp.zeros((b, k), jnp.float32).at[:, 1:].set(_NEG), finished=tokens,
       scores=jnp.full((b, k), _NEG, jnp.float32), lengths=jnp.zeros((b, k), jnp.int32),
@@ -143,7 +143,7 @@ def _step(s: BeamState, logits: jax.Array, max_new: jax.Array, eos_ids: jax.Arra
   keep = jax.lax.top_k(alive_scores, k)[1]
   parents = jnp.take_along_axis(parent, keep, axis=1)
   rows = (jnp.arange(b)[:, None] * k + parents).reshape(-1)
-  cache = jax.tree.map(lambda x: x[rows], s.cache)
+  cache = take_rows(s.cache, rows)
 
   # Finished hypotheses: merge the ended continuations ranked in the first K with those kept so far.
   new_length = s.step + 1

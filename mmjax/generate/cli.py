@@ -27,9 +27,11 @@ draws independently and a resumed run samples what the uninterrupted one would h
 
 Chat mode reads one user message per stdin line and streams the reply token by token to stdout, ending it with a
 newline; "/reset" forgets the conversation, end of input quits. Reply k of the session draws from stream (seed, k),
-so a message repeated after /reset gets a fresh sample (the same reply only when greedy). Conversations use ChatML
-when the tokenizer has <|im_start|> and <|im_end|>, else plain "User: ... / Assistant: ..." turns; the oldest
-tokens are cut when the conversation outgrows the context.
+so a message repeated after /reset gets a fresh sample (the same reply only when greedy). --chat_template names the
+conversation's template: chatml (<|im_start|>user\n...<|im_end|>\n), llama3 (<|begin_of_text|>, then
+<|start_header_id|>user<|end_header_id|>\n\n...<|eot_id|>), plain ("User: ...\n" / "Assistant:" turns), or auto (the
+default): the first of chatml and llama3 whose special tokens the tokenizer has, else plain. No system turn is added.
+The oldest tokens are cut when the conversation outgrows the context.
 
 Errors in the input or the flags print one line and exit 2; --debug shows the traceback instead.
 """
@@ -46,6 +48,7 @@ from typing import Any, TextIO
 
 from absl import logging
 
+from mmjax.data.chat_masking import TEMPLATES
 from mmjax.generate import as_adapter, compile_counts, generate, stream
 from mmjax.models.llava_onevision import LlavaOnevisionForConditionalGeneration
 from mmjax.weights.load_model import DTYPES, LoadedModel, load_model
@@ -53,6 +56,11 @@ from mmjax.weights.load_model import DTYPES, LoadedModel, load_model
 PROG = 'python -m mmjax.generate.cli'
 OUTPUT_KEYS = ('input_line', 'sample', 'text', 'tokens', 'logprobs', 'finish_reason')  # added to each input record
 USER_ERRORS = (ValueError, FileNotFoundError, NotADirectoryError, IsADirectoryError, PermissionError)
+CHAT_TEMPLATES = ('auto', *TEMPLATES, 'plain')
+# The special tokens each chat template inserts.
+CHAT_SPECIALS = {'chatml': ('<|im_start|>', '<|im_end|>'),
+                 'llama3': ('<|begin_of_text|>', '<|start_header_id|>', '<|end_header_id|>', '<|eot_id|>'),
+                 'plain': ()}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -253,10 +261,11 @@ def _chunk_inputs(model: LoadedModel, chunk: Sequence[Request]) -> tuple[list[li
                        batch_num_images=per_prompt)
 
 
-def run_chat(model: LoadedModel, settings: Settings, stdin: TextIO = sys.stdin, stdout: TextIO = sys.stdout
-             ) -> None:
-  """The interactive loop (see the module docstring): one message per line, replies streamed as produced."""
-  template = _ChatTemplate(model)
+def run_chat(model: LoadedModel, settings: Settings, stdin: TextIO = sys.stdin, stdout: TextIO = sys.stdout,
+             chat_template: str = 'auto') -> None:
+  """The interactive loop (see the module docstring): one message per line, replies streamed as produced, in the
+  conversation template chat_template (one of CHAT_TEMPLATES)."""
+  template = _ChatTemplate(model, chat_template)
   eos = settings.eos_token_id if settings.eos_token_id is not None else model.eos_token_id
   eos = tuple(eos) + template.end_ids
   history: list[int] = []
@@ -269,6 +278,8 @@ def run_chat(model: LoadedModel, settings: Settings, stdin: TextIO = sys.stdin, 
       continue
     if not message.strip():
       continue
+    if not history:
+      history = template.start()
     history += template.turn('user', message) + template.reply_header()
     tokens: list[int] = []
     shown = ''
@@ -287,26 +298,49 @@ def run_chat(model: LoadedModel, settings: Settings, stdin: TextIO = sys.stdin, 
 
 
 class _ChatTemplate:
-  """ChatML turns when the tokenizer knows <|im_start|> and <|im_end|>, else plain-text turns."""
+  """The token ids of a conversation's turns in a chat template (see the module docstring)."""
 
-  def __init__(self, model: LoadedModel):
+  def __init__(self, model: LoadedModel, name: str):
+    if name not in CHAT_TEMPLATES:
+      raise ValueError(f'unknown chat template {name!r}; choose one of {list(CHAT_TEMPLATES)}.')
     if model.tokenizer is None:
       raise ValueError(f'chat mode needs a tokenizer; {model.source} has no tokenizer.json.')
     self.model = model
-    start, end = (model.tokenizer.token_to_id(t) for t in ('<|im_start|>', '<|im_end|>'))
-    self.chatml = start is not None and end is not None
-    self.start, self.end_ids = start, ((end,) if self.chatml else ())
+    self.ids = {t: model.tokenizer.token_to_id(t) for t in sum(CHAT_SPECIALS.values(), ())}
+    if name == 'auto':
+      name = next(n for n in CHAT_SPECIALS if all(self.ids[t] is not None for t in CHAT_SPECIALS[n]))
+    missing = [t for t in CHAT_SPECIALS[name] if self.ids[t] is None]
+    if missing:
+      raise ValueError(f'--chat_template {name}: the tokenizer of {model.source} lacks {missing}.')
+    self.name = name
+    self.end_ids = {'chatml': (self.ids['<|im_end|>'],), 'llama3': (self.ids['<|eot_id|>'],), 'plain': ()}[name]
+
+  def encode(self, text: str) -> list[int]:
+    """Text between the template's special tokens (a tokenizer's own post-processing, e.g. a BOS, is not added)."""
+    return self.model.tokenizer.encode(text, add_special_tokens=False).ids
+
+  def start(self) -> list[int]:
+    """The tokens before a conversation's first turn."""
+    return [self.ids['<|begin_of_text|>']] if self.name == 'llama3' else []
 
   def turn(self, role: str, text: str) -> list[int]:
-    if self.chatml:
-      return [self.start] + self.model.encode(f'{role}\n{text}') + list(self.end_ids) + self.model.encode('\n')
-    return self.model.encode(f'{role.capitalize()}: {text}\n')
+    if self.name == 'chatml':
+      return [self.ids['<|im_start|>']] + self.encode(f'{role}\n{text}') + self.turn_end()
+    if self.name == 'llama3':  # the official template strips every message
+      return self._header(role) + self.encode(text.strip()) + self.turn_end()
+    return self.encode(f'{role.capitalize()}: {text}\n')
 
   def reply_header(self) -> list[int]:
-    return [self.start] + self.model.encode('assistant\n') if self.chatml else self.model.encode('Assistant:')
+    if self.name == 'chatml':
+      return [self.ids['<|im_start|>']] + self.encode('assistant\n')
+    return self._header('assistant') if self.name == 'llama3' else self.encode('Assistant:')
 
   def turn_end(self) -> list[int]:
-    return list(self.end_ids) + self.model.encode('\n')
+    return list(self.end_ids) + (self.encode('\n') if self.name != 'llama3' else [])
+
+  def _header(self, role: str) -> list[int]:
+    return ([self.ids['<|start_header_id|>']] + self.encode(role) + [self.ids['<|end_header_id|>']]
+            + self.encode('\n\n'))
 
 
 def _eos_ids(values: list[str]) -> tuple[int, ...]:
@@ -328,6 +362,7 @@ def parser() -> argparse.ArgumentParser:
   p.add_argument('--input', help='JSONL prompts (batch mode; format above)')
   p.add_argument('--output', help='JSONL completions (batch mode; written via OUTPUT.partial, resumable)')
   p.add_argument('--chat', action='store_true', help='interactive chat on stdin')
+  p.add_argument('--chat_template', default='auto', choices=CHAT_TEMPLATES, help='chat mode: the conversation template')
   p.add_argument('--max_new_tokens', type=int, default=Settings.max_new_tokens)
   p.add_argument('--temperature', type=float, default=Settings.temperature, help='0 = greedy')
   p.add_argument('--top_k', type=int)
@@ -364,7 +399,7 @@ def main(argv: Sequence[str] | None = None) -> int:
       raise ValueError('--output must not be the --input file')
     model = load_model(args.checkpoint, args.base, args.dtype)
     if args.chat:
-      run_chat(model, settings)
+      run_chat(model, settings, chat_template=args.chat_template)
     else:
       run_batch(model, args.input, args.output, settings)
   except USER_ERRORS as e:

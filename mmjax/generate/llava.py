@@ -1,4 +1,6 @@
-"""`DecoderAdapter` for `LlavaOnevisionForConditionalGeneration`: prefill image and video embeddings, decode text.
+"""`DecoderAdapter`s for LLaVA (`LlavaAdapter`: one crop per image, any tower and decoder) and
+`LlavaOnevisionForConditionalGeneration` (AnyRes, multi-image and video inputs): prefill image and video
+embeddings, decode text. LLaVA-OneVision:
 
     inputs = processor(text=prompts, images=images)
     ids = [row[mask.astype(bool)].tolist() for row, mask in zip(inputs['input_ids'], inputs['attention_mask'])]
@@ -31,19 +33,21 @@ from mmjax.generate import visual_buckets
 from mmjax.generate.adapters import Qwen2Adapter, register_adapter
 from mmjax.models import anyres
 from mmjax.models.kv_cache import KVCache
-from mmjax.models.llava_onevision import LlavaOnevisionForConditionalGeneration, language_model_of, merge_features
+from mmjax.models.llava import LlavaForConditionalGeneration, language_model_of, merge_features
+from mmjax.models.llava_onevision import LlavaOnevisionForConditionalGeneration
 
 MODEL_INPUTS = ('pixel_values', 'image_sizes', 'batch_num_images', 'pixel_values_videos')
 PAD_TOKEN = 0  # the engine's padding token (batching.pack_prompts)
 
 
-@register_adapter(LlavaOnevisionForConditionalGeneration)
+@register_adapter(LlavaForConditionalGeneration)
 @dataclasses.dataclass(frozen=True)
-class LlavaOnevisionAdapter:
-  """Prefills the merged text and visual embeddings into the Qwen2 language model (params['language_model']),
-  whose text decode continues. Model inputs: pixel_values, image_sizes, batch_num_images, pixel_values_videos as
-  in the module docstring (all optional; text-only prompts need none)."""
-  module: LlavaOnevisionForConditionalGeneration
+class LlavaAdapter:
+  """Prefills the merged text and image embeddings of a LLaVA (any tower and decoder) into its language model
+  (params['language_model']), whose text decode continues. Model input: pixel_values [N, H, W, 3], one crop per
+  image (LLaVA-1.5's `pad` layout: `llava_image_processing.square_crop`), the images of all prompts in prompt
+  order; each image fills config.tokens_per_crop placeholders."""
+  module: LlavaForConditionalGeneration
 
   @functools.cached_property
   def text(self) -> Qwen2Adapter:
@@ -58,12 +62,63 @@ class LlavaOnevisionAdapter:
   def max_context(self) -> int:
     return self.text.max_context
 
+  def prepare_inputs(self, sequences: Sequence[np.ndarray], model_inputs: dict[str, Any]) -> dict[str, Any]:
+    """Checks that the prompts' placeholders are the tokens of whole images, in order."""
+    unknown = sorted(k for k, v in model_inputs.items() if v is not None and k != 'pixel_values')
+    if unknown:
+      raise ValueError(f'LLaVA takes the model input pixel_values [images, H, W, 3], got unknown {unknown}.')
+    images = model_inputs.get('pixel_values')
+    cfg = self.module.config
+    count = 0 if images is None else np.shape(images)[0]
+    if images is not None and np.ndim(images) != 4:
+      raise ValueError(f'pixel_values must be [images, H, W, 3] (one crop per image), got {np.shape(images)}.')
+    if count and cfg.image_token_index == PAD_TOKEN:
+      raise ValueError(f'the image token id is {PAD_TOKEN}, the engine\'s padding token; padding would take image '
+                       'features.')
+    _check_placeholders('image', [int(np.sum(s == cfg.image_token_index)) for s in sequences],
+                        [cfg.tokens_per_crop] * count, None)
+    return {} if images is None else {'pixel_values': jnp.asarray(images)}
+
+  def prefill(self, params: Any, tokens: jax.Array, lengths: jax.Array, cache: KVCache, **model_inputs: Any
+              ) -> tuple[jax.Array, KVCache]:
+    return self.text.prefill_embeds(params['language_model'], self._embed(params, tokens, **model_inputs),
+                                    lengths, cache)
+
+  def _embed(self, params: Any, tokens: jax.Array, **model_inputs: Any) -> jax.Array:
+    """Token embeddings [B, S, E] with the image features at their placeholders."""
+    return self.module.apply({'params': params}, tokens, method='embed', **model_inputs)
+
+  def decode(self, params: Any, tokens: jax.Array, cache: KVCache) -> tuple[jax.Array, KVCache]:
+    return self.text.decode(params['language_model'], tokens, cache)
+
+  def extend(self, params: Any, tokens: jax.Array, lengths: jax.Array, cache: KVCache, *, every_token: bool = False
+             ) -> tuple[jax.Array, KVCache]:
+    """Appends text tokens (see `Qwen2Adapter.extend`); images enter only at prefill."""
+    return self.text.extend(params['language_model'], tokens, lengths, cache, every_token=every_token)
+
   def init_cache(self, batch: int, max_len: int) -> KVCache:
     return self.text.init_cache(batch, max_len)
 
+  def rewind(self, cache: KVCache, lengths: jax.Array) -> KVCache:
+    return self.text.rewind(cache, lengths)
+
+  def logits(self, params: Any, tokens: jax.Array, lengths: jax.Array, **model_inputs: Any) -> jax.Array:
+    mask = jnp.arange(tokens.shape[1])[None, :] < lengths[:, None]
+    return self.text.module.apply({'params': params['language_model']},
+                                  inputs_embeds=self._embed(params, tokens, **model_inputs),
+                                  attention_mask=mask).logits
+
+
+@register_adapter(LlavaOnevisionForConditionalGeneration)
+@dataclasses.dataclass(frozen=True)
+class LlavaOnevisionAdapter(LlavaAdapter):
+  """LLaVA's adapter with OneVision's model inputs: pixel_values, image_sizes, batch_num_images,
+  pixel_values_videos as in the module docstring (all optional; text-only prompts need none), images bucketed."""
+  module: LlavaOnevisionForConditionalGeneration
+
   def prepare_inputs(self, sequences: Sequence[np.ndarray], model_inputs: dict[str, Any]) -> dict[str, Any]:
-    """Checks the model inputs against the placeholders of the fitted token sequences (prompts, or prompts plus
-    continuations for `score`), in order; returns them with image_sizes and batch_num_images as static tuples."""
+    """Checks the model inputs against the placeholders of the fitted prompts, in order; returns them with
+    image_sizes and batch_num_images as static tuples."""
     unknown = sorted(set(model_inputs) - set(MODEL_INPUTS))
     if unknown:
       raise ValueError(f'LLaVA-OneVision takes the model inputs {list(MODEL_INPUTS)}, got unknown {unknown}.')
@@ -109,11 +164,6 @@ class LlavaOnevisionAdapter:
       inputs.update(visual_buckets.pack_images(images, layouts, cfg.side))
     return inputs
 
-  def prefill(self, params: Any, tokens: jax.Array, lengths: jax.Array, cache: KVCache, **model_inputs: Any
-              ) -> tuple[jax.Array, KVCache]:
-    return self.text.prefill_embeds(params['language_model'], self._embed(params, tokens, **model_inputs),
-                                    lengths, cache)
-
   def _embed(self, params: Any, tokens: jax.Array, *, crops: jax.Array | None = None,
              taps: jax.Array | None = None, tap_weights: jax.Array | None = None,
              pixel_values_videos: jax.Array | None = None) -> jax.Array:
@@ -122,7 +172,7 @@ class LlavaOnevisionAdapter:
     embeds = self.module.apply(variables, tokens, method='embed')
     cfg = self.module.config
     if crops is not None:
-      features = self.module.apply(variables, crops, method='_crop_features')
+      features = self.module.apply(variables, crops, method='crop_features')
       visual = visual_buckets.image_tokens(features, params['image_newline'], taps, tap_weights)
       embeds = merge_features(embeds, tokens == cfg.image_token_index, visual, 'image')
     if pixel_values_videos is not None:
@@ -131,21 +181,6 @@ class LlavaOnevisionAdapter:
                               'video')
     return embeds
 
-  def decode(self, params: Any, tokens: jax.Array, cache: KVCache) -> tuple[jax.Array, KVCache]:
-    return self.text.decode(params['language_model'], tokens, cache)
-
-  def extend(self, params: Any, tokens: jax.Array, lengths: jax.Array, cache: KVCache) -> tuple[jax.Array, KVCache]:
-    """Appends text tokens (see `Qwen2Adapter.extend`); images and videos enter only at prefill."""
-    return self.text.extend(params['language_model'], tokens, lengths, cache)
-
-  def rewind(self, cache: KVCache, lengths: jax.Array) -> KVCache:
-    return self.text.rewind(cache, lengths)
-
-  def logits(self, params: Any, tokens: jax.Array, lengths: jax.Array, **model_inputs: Any) -> jax.Array:
-    mask = jnp.arange(tokens.shape[1])[None, :] < lengths[:, None]
-    return self.text.module.apply({'params': params['language_model']},
-                                  inputs_embeds=self._embed(params, tokens, **model_inputs),
-                                  attention_mask=mask).logits
 
 
 def _check_placeholders(kind: str, found: list[int], tokens: list[int], per_prompt: tuple[int, ...] | None

@@ -4,6 +4,7 @@
   steps = session.decode(max_new_tokens=32, until=[newline_ids], temperature=0.8)  # one Completion per row
   session = session.select([0, 0, 0, 1])          # fork row 0 into three rows, keep row 1 (cache rows gathered)
   session.extend([[13], [13], [], [7, 8]])          # append tokens to rows (any number each)
+  logprobs = session.score([[4], [9, 2], [], [3]])  # append tokens and get log p of each (a PRM, multiple choice)
   rewards = session.logits_at([[4, 9], [4], [], [2]])  # next-token logits at chosen positions of each row
 
 A session holds R rows. Each row is a token sequence (its prompt, then everything extended and decoded) with its
@@ -32,7 +33,7 @@ import numpy as np
 from jax.sharding import Mesh
 
 from mmjax.generate import decode_loop as loop, sharding
-from mmjax.generate.adapters import DecoderAdapter, as_adapter
+from mmjax.generate.adapters import DecoderAdapter, as_adapter, take_rows
 from mmjax.generate.batching import bucket, fit_prompts, prepare_model_inputs
 from mmjax.generate.compiles import record
 from mmjax.generate.sampling import sampling_setup
@@ -139,28 +140,42 @@ class Session:
 
   def extend(self, tokens: Sequence[TokenIds]) -> None:
     """Appends tokens[r] (any number, possibly none) to row r and computes each row's next-token logits."""
+    self._append(tokens, scored=False)
+
+  def score(self, tokens: Sequence[TokenIds]) -> list[np.ndarray]:
+    """`extend`, returning float32 [len(tokens[r])] per row: log p(tokens[r][t] | row r before it), the log-softmax
+    of the raw logits (as `Completion.logprobs`). The first token is scored by the row's pending logits."""
+    return self._append(tokens, scored=True)
+
+  def _append(self, tokens: Sequence[TokenIds], scored: bool) -> list[np.ndarray] | None:
+    """`extend`; with `scored`, returns the appended tokens' log-probabilities (see `score`)."""
+    what = 'score' if scored else 'extend'
     chunks = [np.asarray(t, np.int64).reshape(-1) for t in tokens]
     if len(chunks) != self.num_rows:
-      raise ValueError(f'extend takes one token list per row ({self.num_rows} rows), got {len(chunks)}.')
+      raise ValueError(f'{what} takes one token list per row ({self.num_rows} rows), got {len(chunks)}.')
     for r, chunk in enumerate(chunks):
       if chunk.size and (chunk.min() < 0 or chunk.max() >= self.adapter.vocab_size):
-        raise ValueError(f'extend: row {r} has token ids outside [0, {self.adapter.vocab_size}).')
+        raise ValueError(f'{what}: row {r} has token ids outside [0, {self.adapter.vocab_size}).')
     longest = max(len(c) for c in chunks)
     if not longest:
-      return
-    self._check_room(np.array([len(c) for c in chunks]), 'extend')
+      return [np.zeros(0, np.float32) for _ in chunks] if scored else None
+    self._check_room(np.array([len(c) for c in chunks]), what)
     rows = len(self.lengths)
-    # Every row receives the whole padded chunk, and a write past the cache's end would clamp onto earlier slots:
-    # near the end, the chunk is cut to the room left (an unbucketed width, so a rare extra compilation).
-    width = min(bucket(longest, minimum=1), self.capacity - int(self.lengths.max()))
+    # Every row receives the whole padded chunk; the cache drops what falls past its end (see `write_chunk`).
+    width = min(bucket(longest, minimum=1), self.capacity)
     ids = np.zeros((rows, width), np.int32)
     counts = np.zeros(rows, np.int32)
     for r, chunk in enumerate(chunks):
       ids[r, :len(chunk)], counts[r] = chunk, len(chunk)
-    cache = self._settled_cache('extend')
-    self.logits, self.cache = _extend(self.adapter, self.params, ids, counts, cache, self.logits)
+    cache = self._settled_cache(what)
+    self.logits, self.cache, logprobs = _extend(self.adapter, self.params, ids, counts, cache, self.logits,
+                                                scored=scored)
     self.lengths = self.lengths + counts
     self.sequences = [np.concatenate([s, c.astype(np.int32)]) for s, c in zip(self.sequences, chunks)]
+    if scored:
+      logprobs = np.asarray(logprobs)
+      return [logprobs[r, :len(c)].copy() for r, c in enumerate(chunks)]
+    return None
 
   def decode(self, *, max_new_tokens: int, until: Sequence[TokenIds] | None = None,
              eos_token_id: int | Sequence[int] | None = None, temperature: float = 0.0, top_k: int | None = None,
@@ -291,17 +306,25 @@ def _rewind(adapter: DecoderAdapter, cache: Any, lengths: jax.Array) -> Any:
   return adapter.rewind(cache, lengths)
 
 
-@functools.partial(jax.jit, static_argnames=('adapter',))
+@functools.partial(jax.jit, static_argnames=('adapter', 'scored'))
 def _extend(adapter: DecoderAdapter, params: Any, tokens: jax.Array, lengths: jax.Array, cache: Any,
-            logits: jax.Array) -> tuple[jax.Array, Any]:
-  """(logits [B, V], cache) after appending right-padded tokens [B, T] (lengths [B] >= 0) to every row."""
-  record('extend', rows=tokens.shape[0], chunk=tokens.shape[1])
+            logits: jax.Array, *, scored: bool) -> tuple[jax.Array, Any, jax.Array | None]:
+  """(logits [B, V], cache, log-probabilities float32 [B, T] of the tokens when scored, else None) after appending
+  right-padded tokens [B, T] (lengths [B] >= 0) to every row whose pending logits are logits [B, V]."""
+  record('extend', rows=tokens.shape[0], chunk=tokens.shape[1], scored=scored)
   extend = getattr(adapter, 'extend', None)
   if extend is None:
     raise ValueError(f'{type(adapter).__name__} defines no extend(params, tokens, lengths, cache), so a session '
                      'over it cannot append tokens (see mmjax.generate.adapters).')
-  new_logits, cache = extend(params, tokens, lengths, cache)
-  return jnp.where((lengths > 0)[:, None], new_logits, logits), cache
+  if not scored:
+    new_logits, cache = extend(params, tokens, lengths, cache)
+    return jnp.where((lengths > 0)[:, None], new_logits, logits), cache, None
+  every, cache = extend(params, tokens, lengths, cache, every_token=True)  # [B, T, V]: after each new token
+  first = jnp.take_along_axis(jax.nn.log_softmax(logits, axis=-1), tokens[:, :1], axis=-1)
+  rest = jnp.take_along_axis(jax.nn.log_softmax(every[:, :-1], axis=-1), tokens[:, 1:, None], axis=-1)[..., 0]
+  last = jnp.take_along_axis(every, jnp.maximum(lengths - 1, 0)[:, None, None], axis=1)[:, 0]
+  return (jnp.where((lengths > 0)[:, None], last, logits), cache,
+          jnp.concatenate([first, rest], axis=1).astype(jnp.float32))
 
 
 @jax.jit
@@ -314,7 +337,7 @@ def _select(cache: Any, logits: jax.Array, keys: jax.Array, rows: jax.Array, cop
   parent = keys[rows]
   new_keys = jax.random.wrap_key_data(jnp.where((copy > 0)[:, None], jax.random.key_data(forked),
                                                 jax.random.key_data(parent)), impl=jax.random.key_impl(parent))
-  return jax.tree.map(take, cache), take(logits), new_keys
+  return take_rows(cache, rows), take(logits), new_keys
 
 
 @functools.partial(jax.jit, static_argnames=('adapter',))

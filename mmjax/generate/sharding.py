@@ -3,9 +3,9 @@
 With a mesh, `prefill` (and so `generate`, `stream`, `beam_search`) places the parameters by their logical axis
 names and a logical-to-mesh rule table (`mmjax.train.sharding.DEFAULT_RULES` by default: heads, kv_heads, mlp and
 vocab over 'tensor', embed over 'fsdp'), and the cache with its rows over the rules' batch axes and its KV heads
-over theirs. The jitted engine functions then follow their inputs' shardings (the compiler propagates them through
-the decode loop). A dimension that a mesh axis does not divide stays replicated over that axis, so one table
-serves every model size and batch bucket.
+over theirs (a `KVCache` names its own axes, `partition_specs`, in either layout). The jitted engine functions
+then follow their inputs' shardings (the compiler propagates them through the decode loop). A dimension that a mesh
+axis does not divide stays replicated over that axis, so one table serves every model size and batch bucket.
 """
 import functools
 from collections.abc import Mapping
@@ -24,18 +24,19 @@ def place_params(adapter: DecoderAdapter, params: Any, mesh: Mesh, rules: Mappin
 
 
 def place_cache(cache: Any, mesh: Mesh, rules: Mapping[str, Any] | None = None) -> Any:
-  """A cache placed on the mesh: every leaf's leading (row) axis over the batch axes; rank-4 leaves
-  ([rows, slots, kv_heads, head_dim], the `KVCache` layout) also their heads over the kv_heads axes."""
+  """A cache placed on the mesh: rows over the batch axes and KV heads over the kv_heads axes, as a cache with
+  `partition_specs(rows, kv_heads)` (a `KVCache`) names them; any other cache by its leaves' leading (row) axis."""
   from mmjax.train.sharding import fit_sharding
   table = dict(_rules(rules, mesh))
+  if hasattr(cache, 'partition_specs'):
+    specs = cache.partition_specs(table.get('batch'), table.get('kv_heads'))
+  else:
+    specs = jax.tree.map(lambda leaf: P(table.get('batch'), *[None] * (leaf.ndim - 1)), cache)
 
-  def sharding(leaf: jax.Array) -> NamedSharding:
-    spec = [table.get('batch')] + [None] * (leaf.ndim - 1)
-    if leaf.ndim == 4:
-      spec[2] = table.get('kv_heads')
-    return fit_sharding(NamedSharding(mesh, P(*spec)), leaf.shape)
+  def place(leaf: jax.Array, spec: P) -> jax.Array:
+    return jax.device_put(leaf, fit_sharding(NamedSharding(mesh, spec), leaf.shape))
 
-  return jax.tree.map(lambda leaf: jax.device_put(leaf, sharding(leaf)), cache)
+  return jax.tree.map(place, cache, specs)
 
 
 def _rules(rules: Mapping[str, Any] | None, mesh: Mesh) -> tuple[tuple[str, Any], ...]:

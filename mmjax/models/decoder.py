@@ -182,14 +182,16 @@ class DecoderLayer(nn.Module):
   @nn.compact
   def __call__(self, x: jax.Array, positions: jax.Array, mask: jax.Array | None,
                kv: tuple[jax.Array, jax.Array] | None = None, lengths: jax.Array | None = None,
-               kv_lengths: jax.Array | None = None, segment_ids: jax.Array | None = None
-               ) -> tuple[jax.Array, tuple[jax.Array, jax.Array] | None]:
+               kv_lengths: jax.Array | None = None, segment_ids: jax.Array | None = None,
+               layer: jax.Array | None = None) -> tuple[jax.Array, tuple[jax.Array, jax.Array] | None]:
     """Without kv: causal attention within x (positions int [B, S]), AND mask (broadcastable to [B, 1, S, S]),
     AND within the same segment of segment_ids int [B, S] (0 = padding, attends to nothing).
 
     With kv = (keys, values) [B, T, Hkv, D]: writes this chunk at slots lengths [B], attends over all T slots
     with mask [B, 1, S, T] (which carries causality), and returns the updated (keys, values). Instead of the
     mask, kv_lengths [B] (= lengths + S over a contiguous cache) attends to slots [0, kv_lengths), causally.
+    With `layer` (an int index), kv is the stacked cache [L, B, T, Hkv, D] of every layer: the chunk is written
+    into layer `layer` in place and the whole updated stack is returned.
     Returns (x, updated (keys, values) or None).
     """
     cfg = self.config
@@ -197,8 +199,10 @@ class DecoderLayer(nn.Module):
     written = []
 
     def write_cache(k: jax.Array, v: jax.Array) -> tuple[jax.Array, jax.Array]:
-      written.append((write_chunk(kv[0], k, lengths), write_chunk(kv[1], v, lengths)))
-      return written[0]
+      written.append((write_chunk(kv[0], k, lengths, layer), write_chunk(kv[1], v, lengths, layer)))
+      if layer is None:
+        return written[0]
+      return tuple(jax.lax.dynamic_index_in_dim(buffer, layer, keepdims=False) for buffer in written[0])
 
     attention = MultiHeadAttention(
         cfg.num_attention_heads, cfg.head_dim, cfg.num_key_value_heads, qkv_bias=cfg.attention_bias,
@@ -213,19 +217,30 @@ class DecoderLayer(nn.Module):
     return nn.with_logical_constraint(x + h, ('batch', 'length', 'embed')), written[0] if written else None
 
 
+class ScannedDecoderLayer(DecoderLayer):
+  """The body of `nn.scan` over the layers: carries (x, the stacked cache or None) and takes its layer index."""
+
+  def __call__(self, carry: tuple[jax.Array, tuple[jax.Array, jax.Array] | None], layer: jax.Array,
+               positions: jax.Array, mask: jax.Array | None, lengths: jax.Array | None,
+               kv_lengths: jax.Array | None, segment_ids: jax.Array | None
+               ) -> tuple[tuple[jax.Array, tuple[jax.Array, jax.Array] | None], None]:
+    x, kv = carry
+    x, kv = super().__call__(x, positions, mask, kv, lengths, kv_lengths, segment_ids,
+                             layer=None if kv is None else layer)
+    return (x, kv), None
+
+
 class DecoderForCausalLM(nn.Module):
   """Token ids or embeddings -> next-token logits, optionally reading and extending a KV cache.
 
   dtype is the compute dtype (None: the parameter dtype), param_dtype the storage dtype. attn_impl is passed to
   `dot_product_attention`. remat_policy says what each layer keeps for the backward pass and recomputes: 'none'
   (keep everything), 'full' (recompute the layer), 'save_dots' (keep the matmul outputs of the projections and
-  the MLP, recompute the rest), 'save_attention' (keep the attention output, recompute the rest). remat=True is
-  the boolean switch of LLaVA and the trainer config, remat_policy='full'.
+  the MLP, recompute the rest), 'save_attention' (keep the attention output, recompute the rest).
   """
   config: DecoderConfig
   dtype: DTypeLike | None = None
   param_dtype: DTypeLike = jnp.float32
-  remat: bool = False
   attn_impl: str = 'auto'
   remat_policy: str = 'none'
 
@@ -233,20 +248,20 @@ class DecoderForCausalLM(nn.Module):
     cfg = self.config
     self.embed_tokens = nn.Embed(cfg.vocab_size, cfg.hidden_size, dtype=self.dtype, param_dtype=self.param_dtype,
                                  embedding_init=nn.with_logical_partitioning(INIT, ('vocab', 'embed')))
-    policy = 'full' if self.remat and self.remat_policy == 'none' else self.remat_policy
+    policy = self.remat_policy
     if policy != 'none' and policy not in REMAT_POLICIES:
       raise ValueError(f'unknown remat_policy {policy!r}; choose one of {["none", *REMAT_POLICIES]}.')
-    if self.remat and policy != 'full':
-      raise ValueError(f'remat=True is remat_policy=\'full\'; it conflicts with remat_policy={policy!r}.')
-    layer_cls = DecoderLayer if policy == 'none' else nn.remat(DecoderLayer, policy=REMAT_POLICIES[policy])
+    def layer_class(cls: type[DecoderLayer]) -> type[DecoderLayer]:
+      return cls if policy == 'none' else nn.remat(cls, policy=REMAT_POLICIES[policy])
+
     if cfg.scan_layers:
-      # x is the carry; the stacked (keys, values) of a cache are scanned over, everything else is shared.
-      scanned = nn.scan(layer_cls, variable_axes={'params': 0}, split_rngs={'params': True},
-                        in_axes=(nn.broadcast, nn.broadcast, 0, nn.broadcast, nn.broadcast, nn.broadcast),
+      # The carry is (x, the stacked cache); the layer index is scanned over, everything else is shared.
+      scanned = nn.scan(layer_class(ScannedDecoderLayer), variable_axes={'params': 0}, split_rngs={'params': True},
+                        in_axes=(0, nn.broadcast, nn.broadcast, nn.broadcast, nn.broadcast, nn.broadcast),
                         length=cfg.num_hidden_layers, metadata_params={nn.PARTITION_NAME: 'layers'})
       self.layers = scanned(cfg, self.attn_impl, self.dtype, self.param_dtype)
     else:
-      self.layers = [layer_cls(cfg, self.attn_impl, self.dtype, self.param_dtype)
+      self.layers = [layer_class(DecoderLayer)(cfg, self.attn_impl, self.dtype, self.param_dtype)
                      for _ in range(cfg.num_hidden_layers)]
     self.norm = RMSNorm(eps=cfg.rms_norm_eps, dtype=self.dtype, param_dtype=self.param_dtype)
     if not cfg.tie_word_embeddings:
@@ -326,15 +341,20 @@ class DecoderForCausalLM(nn.Module):
 
   def _layers(self, x: jax.Array, positions: jax.Array, mask: jax.Array | None, cache: KVCache | None,
               kv_lengths: jax.Array | None, segment_ids: jax.Array | None = None
-              ) -> tuple[jax.Array, list[jax.Array], list[jax.Array]]:
-    """Runs every layer; returns (x, the per-layer updated keys and values, empty without a cache)."""
+              ) -> tuple[jax.Array, list[jax.Array] | jax.Array, list[jax.Array] | jax.Array]:
+    """Runs every layer; returns (x, the updated keys and values in the cache's layout: stacked [L, B, T, Hkv, D]
+    for scanned layers, one [B, T, Hkv, D] per layer otherwise; empty lists without a cache)."""
+    scanned = self.config.scan_layers
+    if cache is not None and cache.stacked != scanned:
+      raise ValueError(f'a cache with {"stacked" if cache.stacked else "per-layer"} keys and values does not fit a '
+                       f'model with scan_layers={scanned}; build it with init_cache(model.config, ...).')
     lengths = None if cache is None else cache.lengths
-    if self.config.scan_layers:
-      # The cache keeps one buffer per layer (what generation reorders row-wise); the scan reads them stacked
-      # [L, B, T, Hkv, D], which costs a copy of the cache per call: decode with scan_layers=False for speed.
-      kv = None if cache is None else (jnp.stack(cache.keys), jnp.stack(cache.values))
-      x, new_kv = self.layers(x, positions, mask, kv, lengths, kv_lengths, segment_ids)
-      return x, ([] if new_kv is None else list(new_kv[0])), ([] if new_kv is None else list(new_kv[1]))
+    if scanned:
+      # The stacked buffers ride in the carry: each layer writes its chunk in place, nothing is re-stacked.
+      kv = None if cache is None else (cache.keys, cache.values)
+      layer_index = jnp.arange(self.config.num_hidden_layers, dtype=jnp.int32)
+      (x, new_kv), _ = self.layers((x, kv), layer_index, positions, mask, lengths, kv_lengths, segment_ids)
+      return (x, [], []) if new_kv is None else (x, *new_kv)
     keys, values = [], []
     for i, layer in enumerate(self.layers):
       kv = None if cache is None else (cache.keys[i], cache.values[i])

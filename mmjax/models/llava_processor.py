@@ -15,12 +15,13 @@ from typing import Any
 import numpy as np
 from tokenizers import Tokenizer
 
+from mmjax.data.chat_masking import render_chat
 from mmjax.models import anyres
 from mmjax.models.llava_image_processing import ImageInput, ImageProcessingConfig, preprocess_image, preprocess_video
 
 IMAGE_TOKEN, VIDEO_TOKEN = '<image>', '<video>'
 _PLACEHOLDER = re.compile(f'({re.escape(IMAGE_TOKEN)}|{re.escape(VIDEO_TOKEN)})')
-DEFAULT_SYSTEM_MESSAGE = 'You are a helpful assistant.'
+_SPEAKERS = {'user': 'human', 'assistant': 'gpt'}  # HF roles -> the LLaVA conversation speakers of chat_masking
 
 
 def _read_json(path: Path) -> dict[str, Any]:
@@ -143,25 +144,26 @@ class LlavaOnevisionProcessor:
     return out
 
   def apply_chat_template(self, messages: Sequence[dict[str, Any]], *, add_generation_prompt: bool = False,
-                          system_message: str = DEFAULT_SYSTEM_MESSAGE) -> str:
-    """ChatML text of HF-style messages, as OneVision was trained (`qwen_1_5` template).
+                          system_message: str | None = None, template: str = 'chatml') -> str:
+    """The chat text of HF-style messages in `template`: 'chatml' as OneVision was trained (`qwen_1_5`), or
+    'llama3' (LLaVA over a Llama-3 decoder); mmjax.data.chat_masking.render_chat, which the training data uses.
 
     Each message is {'role': 'system' | 'user' | 'assistant', 'content': str or a list of {'type': 'image'},
     {'type': 'video'}, {'type': 'text', 'text': ...}}. A message renders its images as `<image>\\n`, then its
-    videos as `<video>\\n`, then its texts joined by newlines; a leading system message replaces system_message.
+    videos as `<video>\\n`, then its texts joined by newlines; a leading system message replaces system_message
+    (None: the template's default, ChatML's 'You are a helpful assistant.', no system turn for Llama-3).
     """
     first = 0
     if messages and messages[0].get('role') == 'system':
       system_message, first = self._content(messages[0], 0), 1
-    turns = [('system', system_message)]
+    turns = []
     for i, message in enumerate(messages[first:], start=first):
-      if message.get('role') not in ('user', 'assistant'):
+      if message.get('role') not in _SPEAKERS:
         raise ValueError(f'message {i} needs role user or assistant (system only first), got '
                          f'{message.get("role")!r}.')
-      turns.append((message['role'], self._content(message, i)))
-    # The rendering of mmjax.data.chat_masking.render_chatml, which the training data uses.
-    text = ''.join(f'<|im_start|>{role}\n{content}<|im_end|>\n' for role, content in turns)
-    return text + ('<|im_start|>assistant\n' if add_generation_prompt else '')
+      turns.append({'from': _SPEAKERS[message['role']], 'value': self._content(message, i)})
+    return render_chat(turns or [{'from': 'system', 'value': system_message or ''}], template=template,
+                       system_message=system_message, add_generation_prompt=add_generation_prompt)
 
   @staticmethod
   def _content(message: dict[str, Any], index: int) -> str:

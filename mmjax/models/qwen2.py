@@ -57,6 +57,6 @@ class Qwen2ForCausalLM(DecoderForCausalLM):
   """Token ids or embeddings -> next-token logits, optionally reading and extending a KV cache (see
   `DecoderForCausalLM.__call__`).
 
-  Fields (dtype, param_dtype, remat, attn_impl, remat_policy) as in `DecoderForCausalLM`.
+  Fields (dtype, param_dtype, attn_impl, remat_policy) as in `DecoderForCausalLM`.
   """
   config: Qwen2Config

@@ -54,7 +54,7 @@ def base_config() -> ml_collections.ConfigDict:
   c.sharding_rules = ml_collections.ConfigDict(dict(DEFAULT_RULES))
   c.compute_dtype = 'float32'  # 'bfloat16' for mixed precision; params stay in param_dtype
   c.param_dtype = 'float32'
-  c.remat = False  # rematerialise transformer blocks in the backward pass
+  c.remat_policy = 'none'  # what a block keeps for the backward pass: none (all), full, save_dots, save_attention
   c.ema_decay = 0.0  # > 0 keeps an EMA of the params ema_regex selects, checkpointed and used for evaluation
   c.ema_regex = ''  # regex over parameter paths ('' = all), e.g. '^generator/'
   c.profile_steps = ()  # (first, last): trace these steps with jax.profiler into workdir/profile

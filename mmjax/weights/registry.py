@@ -7,24 +7,36 @@ layout name the caller gives.
 from collections.abc import Mapping
 from typing import Any
 
-from mmjax.weights import llama, llava_onevision, qwen2, siglip
+from mmjax.weights import clip, dit, llama, llava, llava_onevision, qwen2, siglip
 from mmjax.weights.key_map import Layout, ModelSpec
 
 MODEL_SPECS: dict[str, ModelSpec] = {
+    'clip_vision_model': clip.VISION_SPEC,
+    'clip_text_model': clip.TEXT_SPEC,
+    'clip': clip.CLIP_MODEL_SPEC,
     'llama': llama.SPEC,
+    'llava': llava.SPEC,
     'llava_onevision': llava_onevision.SPEC,
     'qwen2': qwen2.SPEC,
     'siglip_vision_model': siglip.SPEC,
     'siglip': siglip.SIGLIP_MODEL_SPEC,
 }
 
-# diffusers `_class_name` -> spec (the folder's config.json parsed by spec.config_cls.from_hf_dict).
-DIFFUSERS_SPECS: dict[str, ModelSpec] = {}
+# diffusers `_class_name` -> spec (the folder's config.json parsed by spec.config_cls.from_hf_dict). A
+# Transformer2DModel reads as a DiT only when its config is one (DiTConfig.from_hf_dict refuses the others).
+DIFFUSERS_SPECS: dict[str, ModelSpec] = {
+    'DiTTransformer2DModel': dit.SPEC,
+    'Transformer2DModel': dit.SPEC,
+}
 
 # Layout name -> key map from the target's shapes. The HF model types are layouts too: a bare .safetensors file
 # with their tensor names.
 LAYOUTS: dict[str, Layout] = {
+    'clip_vision_model': clip.vision_layout_key_map,
+    'clip_text_model': clip.text_layout_key_map,
+    'clip': clip.clip_layout_key_map,
     'llama': llama.layout_key_map,
+    'llava': llava.layout_key_map,
     'llava_onevision': llava_onevision.layout_key_map,
     'qwen2': qwen2.layout_key_map,
     'siglip_vision_model': siglip.layout_key_map,

@@ -12,6 +12,7 @@ import pytest
 from configs import llava_onevision as llava_config
 from experiments.llava_onevision import model as model_lib
 from experiments.llava_onevision.experiment import token_loss
+from mmjax.models import llava
 from mmjax.nn import attention
 
 
@@ -30,7 +31,7 @@ def test_the_training_step_runs_the_flash_kernel(backend, monkeypatch):
       'pixel_values': jax.ShapeDtypeStruct((batch, crops, size, size, 3), jnp.float32),
       'tap_index': jax.ShapeDtypeStruct((batch, length, 4), jnp.int32),
       'tap_weight': jax.ShapeDtypeStruct((batch, length, 4), jnp.float32)}
-  logits_fn = model_lib.logits_fn(module)
+  logits_fn = llava.logits_fn(module)
 
   monkeypatch.setattr(jax, 'default_backend', lambda: backend)
   calls = []

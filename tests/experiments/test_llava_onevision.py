@@ -13,12 +13,12 @@ from jax.sharding import AbstractMesh, NamedSharding, PartitionSpec as P
 from PIL import Image
 
 from configs.llava_onevision import get_config
-from experiments.llava_onevision import model as model_lib, visual_taps
+from experiments.llava_onevision import model as model_lib
 from experiments.llava_onevision.data import ExampleEncoder, VisualLayout
 from experiments.llava_onevision.experiment import make_experiment
 from experiments.llava_onevision.tokenizer import smoke_processor
 from mmjax.data import IGNORE_INDEX, ImageReadError, LlavaJsonSource, write_llava_dataset
-from mmjax.models import anyres
+from mmjax.models import anyres, visual_taps
 from mmjax.models.llava_image_processing import preprocess_image
 from mmjax.train.config import group
 from mmjax.train.mesh import resolve_axis_sizes
@@ -194,7 +194,7 @@ def test_encoded_examples_embed_as_the_model_does(shapes, tmp_path):
     out = encoder(example)
     batch = {k: jnp.asarray(v)[None] for k, v in out.items()}
     ours = module.apply({'params': params}, batch['input_ids'], batch['pixel_values'], batch['tap_index'],
-                        batch['tap_weight'], method=model_lib.embed_with_taps)
+                        batch['tap_weight'], method='embed_taps')
     images = example['images']
     kwargs = {}
     if images:

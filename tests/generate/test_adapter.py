@@ -29,6 +29,9 @@ class ShiftedEmbeddings:
   def decode(self, params, tokens, cache):
     return self.base.decode(params, tokens, cache)
 
+  def extend(self, params, tokens, lengths, cache, **kwargs):  # `score` appends the continuations as text
+    return self.base.extend(params, tokens, lengths, cache, **kwargs)
+
   def logits(self, params, tokens, lengths, *, offsets, scale):
     embeds = self.base.module.apply({'params': params}, tokens, method='embed')
     embeds = embeds.at[:offsets.shape[0], 0].add(offsets * scale)

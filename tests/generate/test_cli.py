@@ -16,6 +16,7 @@ import pytest
 import tokenizers
 from tokenizers import models, pre_tokenizers, trainers
 
+from mmjax.data.chat_masking import render_chat
 from mmjax.generate import cli, generate
 from mmjax.weights.load_model import load_model
 
@@ -24,21 +25,23 @@ CORPUS = ['the cat sat on the mat', 'a dog ran in the park', 'hello world, how a
           'tokens stream one by one', 'the quick brown fox jumps over the lazy dog'] * 4
 
 
-@pytest.fixture(scope='module')
-def checkpoint(tiny, tmp_path_factory):
-  """The tiny model's HF directory plus a 128-token BPE tokenizer.json with ChatML special tokens."""
-  _, _, _, source = tiny
-  directory = tmp_path_factory.mktemp('cli_model')
+def _checkpoint(source: Path, directory: Path, special_tokens: list[str]) -> Path:
+  """The tiny model's HF directory `source` copied to `directory` plus a 128-token BPE tokenizer.json."""
   for name in os.listdir(source):
     shutil.copy(source / name, directory / name)
   tokenizer = tokenizers.Tokenizer(models.BPE(unk_token='[UNK]'))
   tokenizer.pre_tokenizer = pre_tokenizers.Whitespace()
-  tokenizer.train_from_iterator(CORPUS, trainers.BpeTrainer(
-      vocab_size=100, special_tokens=['[UNK]', '<|im_start|>', '<|im_end|>']))
+  tokenizer.train_from_iterator(CORPUS, trainers.BpeTrainer(vocab_size=100, special_tokens=['[UNK]', *special_tokens]))
   tokenizer.add_tokens([f'extra{i}' for i in range(128 - tokenizer.get_vocab_size())])
   assert tokenizer.get_vocab_size() == 128
   tokenizer.save(str(directory / 'tokenizer.json'))
   return directory
+
+
+@pytest.fixture(scope='module')
+def checkpoint(tiny, tmp_path_factory):
+  """The tiny model with a tokenizer that has the ChatML special tokens."""
+  return _checkpoint(tiny[3], tmp_path_factory.mktemp('cli_model'), ['<|im_start|>', '<|im_end|>'])
 
 
 def _write_jsonl(path: Path, records: list[dict]) -> Path:
@@ -215,6 +218,22 @@ def test_chat_replies_sample_afresh_after_reset_and_reproduce_from_the_seed(chec
   replies = chat()
   assert len(replies) == 3 and len(set(replies)) > 1, 'the same message after /reset drew the same sample'
   assert chat() == replies
+
+
+def test_chat_in_the_llama3_template(tiny, tmp_path):
+  """auto picks llama3 from the tokenizer's special tokens; a turn's tokens are the official rendering's."""
+  llama3 = ['<|begin_of_text|>', '<|start_header_id|>', '<|end_header_id|>', '<|eot_id|>']
+  model = load_model(_checkpoint(tiny[3], tmp_path, llama3))
+  template = cli._ChatTemplate(model, 'auto')
+  assert template.name == 'llama3' and template.end_ids == (model.tokenizer.token_to_id('<|eot_id|>'),)
+  tokens = template.start() + template.turn('user', ' the cat sat ') + template.reply_header()
+  text = render_chat([{'from': 'human', 'value': ' the cat sat '}], template='llama3', add_generation_prompt=True)
+  assert tokens == model.tokenizer.encode(text, add_special_tokens=False).ids
+  out = io.StringIO()
+  cli.run_chat(model, cli.Settings(max_new_tokens=4), io.StringIO('the cat sat\n'), out, chat_template='llama3')
+  assert out.getvalue().count('\n') == 1
+  with pytest.raises(ValueError, match=r"--chat_template chatml: the tokenizer of .* lacks \['<\|im_start\|>'"):
+    cli._ChatTemplate(model, 'chatml')
 
 
 def test_chat_mode_in_a_subprocess_answers_each_line_before_input_ends(checkpoint):

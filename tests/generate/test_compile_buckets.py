@@ -39,7 +39,7 @@ def test_the_packing_table_equals_the_model_image_features(setup, per_prompt):
   layouts = [None if n > 1 else cfg.image_layout(tuple(int(x) for x in inputs['image_sizes'][i]))
              for i, n in enumerate(n for n in per_prompt for _ in range(n))]
   packed = visual_buckets.pack_images(inputs['pixel_values'], layouts, cfg.side)
-  features = module.apply({'params': params}, packed['crops'], method='_crop_features')
+  features = module.apply({'params': params}, packed['crops'], method='crop_features')
   got = visual_buckets.image_tokens(features, params['image_newline'], packed['taps'], packed['tap_weights'])
   assert got.shape[0] >= want.shape[0] and got.shape[0] == bucket(want.shape[0])
   assert_close_programs(np.asarray(got[:want.shape[0]]), np.asarray(want))

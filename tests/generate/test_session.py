@@ -96,14 +96,17 @@ def test_session_errors_are_clear(tiny, prompts):
 
 
 def test_extending_up_to_the_cache_end_keeps_every_row(tiny, prompts):
-  """A padded chunk that would run past the cache's end must not overwrite earlier slots of any row."""
+  """A padded chunk that runs past the cache's end in some row must not overwrite earlier slots of any row."""
   _, module, params, _ = tiny
   session = prefill(module, params, prompts[:2], max_new_tokens=8)  # rows of 5 and 11 tokens
   room = session.capacity - 11
   tail = prompts[2][:room - 1]
   session.extend([[], tail])
+  # Row 1 now has one free slot; row 0 takes a long chunk, whose padding runs past the end of row 1.
+  head = [int(t) for t in np.random.default_rng(5).integers(0, 128, session.capacity - 6)]
+  session.extend([head, []])
   got = session.decode(max_new_tokens=1)
-  want = generate(module, params, [prompts[0], prompts[1] + tail], max_new_tokens=1)
+  want = generate(module, params, [prompts[0] + head, prompts[1] + tail], max_new_tokens=1)
   assert _tokens(got) == [c.tokens for (c,) in want]
   for g, (w,) in zip(got, want):
     assert_close_programs(g.logprobs, w.logprobs)
@@ -119,3 +122,24 @@ def test_a_stream_left_early_leaves_a_clear_error(tiny, prompts):
     session.decode(max_new_tokens=2)
   assert _tokens(keep.decode(max_new_tokens=4)) == [c.tokens for (c,) in generate(module, params, prompts[:2],
                                                                                    max_new_tokens=4)]
+
+
+def test_score_appends_and_returns_the_tokens_logprobs(tiny, prompts):
+  """session.score after a decode: the appended tokens' log-probabilities equal the full forward pass, and the
+  rows continue like `extend`."""
+  _, module, params, _ = tiny
+  session = prefill(module, params, prompts[:2], max_new_tokens=16)
+  session.decode(max_new_tokens=3)
+  before = [s.tolist() for s in session.sequences]
+  tails = [[5, 6, 7], [9]]
+  got = session.score(tails)
+  ids, mask = np.zeros((2, 16), np.int32), np.zeros((2, 16), np.int32)  # right-padded: one forward pass
+  for r, (history, tail) in enumerate(zip(before, tails)):
+    ids[r, :len(history + tail)], mask[r, :len(history + tail)] = history + tail, 1
+  full = np.asarray(jax.nn.log_softmax(module.apply({'params': params}, ids, attention_mask=mask).logits, axis=-1))
+  for history, tail, logprobs, want in zip(before, tails, got, full):
+    assert_close_programs(logprobs, want[np.arange(len(history) - 1, len(history) + len(tail) - 1), tail])
+  assert [s.tolist() for s in session.sequences] == [h + t for h, t in zip(before, tails)]
+  assert session.score([[], []])[0].shape == (0,)
+  want = generate(module, params, [h + t for h, t in zip(before, tails)], max_new_tokens=4)
+  assert _tokens(session.decode(max_new_tokens=4)) == [c.tokens for (c,) in want]

@@ -1,11 +1,15 @@
 """KV-cache decoding: prefill + jitted decode steps reproduce full-sequence logits, with left padding and with rows
-of different cache lengths."""
+of different cache lengths; the cache's two layouts and its overflow rule."""
+import dataclasses
+
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from jax.sharding import PartitionSpec as P
 
 from mmjax.models import init_cache
+from mmjax.models.kv_cache import write_chunk
 from mmjax.weights import from_pretrained
 from tests.hf_models import save_qwen2
 from tests.numerics import assert_close_programs
@@ -113,3 +117,32 @@ def test_a_padded_chunk_clears_the_contiguous_promise(model):
   cache = init_cache(module.config, 2, 12).replace(contiguous=True)
   out = step(params, np.ones((2, 3), np.int32), np.array([[1, 1, 1], [1, 1, 0]], np.int32), cache)
   assert not out.cache.contiguous
+
+
+def test_a_write_past_the_end_is_dropped_not_clamped():
+  buffer = jnp.arange(12, dtype=jnp.float32).reshape(2, 6, 1, 1)
+  chunk = -jnp.arange(1, 9, dtype=jnp.float32).reshape(2, 4, 1, 1)
+  out = np.asarray(write_chunk(buffer, chunk, jnp.array([1, 4])))[..., 0, 0]
+  np.testing.assert_array_equal(out, [[0, -1, -2, -3, -4, 5], [6, 7, 8, 9, -5, -6]])
+
+
+@pytest.mark.parametrize('scan_layers', [False, True])
+def test_row_gathers_and_shardings_follow_the_layout(model, scan_layers):
+  """take_rows and partition_specs find the rows on axis 0 (one buffer per layer) or 1 (stacked [L, B, ...])."""
+  module, *_ = model
+  config = dataclasses.replace(module.config, scan_layers=scan_layers)
+  cache = init_cache(config, 3, 4)
+  rng = np.random.default_rng(4)
+  cache = jax.tree.map(lambda x: jnp.asarray(rng.integers(0, 9, x.shape)).astype(x.dtype), cache)
+  assert cache.stacked == scan_layers
+  rows = jnp.array([2, 0, 2, 2])
+  picked = cache.take_rows(rows)
+  layers = [(cache.keys[i], cache.values[i]) for i in range(config.num_hidden_layers)]
+  for i, (keys, values) in enumerate(layers):
+    np.testing.assert_array_equal(picked.keys[i], keys[rows])
+    np.testing.assert_array_equal(picked.values[i], values[rows])
+  np.testing.assert_array_equal(picked.valid, cache.valid[rows])
+  specs = cache.partition_specs('data', 'tensor')
+  key_spec = jax.tree.leaves(specs.keys, is_leaf=lambda x: isinstance(x, P))[0]
+  assert key_spec == (P(None, 'data', None, 'tensor', None) if scan_layers else P('data', None, 'tensor', None))
+  assert specs.lengths == P('data') and specs.valid == P('data', None)

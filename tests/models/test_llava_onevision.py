@@ -187,8 +187,12 @@ def test_config_errors():
   assert LlavaOnevisionConfig.from_hf_dict(config).image_token_index == 151646
   with pytest.raises(ValueError, match='lacks'):
     LlavaOnevisionConfig.from_hf_dict({'text_config': config['text_config']})
-  with pytest.raises(ValueError, match='only "full"'):
-    LlavaOnevisionConfig.from_hf_dict({**config, 'vision_feature_select_strategy': 'default'})
+  assert LlavaOnevisionConfig.from_hf_dict({**config, 'vision_feature_select_strategy': 'default'}
+                                           ).vision_feature_select_strategy == 'default'  # drops the first token
+  with pytest.raises(ValueError, match="must be 'default' .* or 'full'"):
+    LlavaOnevisionConfig.from_hf_dict({**config, 'vision_feature_select_strategy': 'cls_patch'})
+  with pytest.raises(ValueError, match="unsupported vision tower model_type 'dinov2'"):
+    LlavaOnevisionConfig.from_hf_dict({**config, 'vision_config': {**config['vision_config'], 'model_type': 'dinov2'}})
   with pytest.raises(ValueError, match='a list of layers is not supported'):
     LlavaOnevisionConfig.from_hf_dict({**config, 'vision_feature_layer': [-2, -1]})
   with pytest.raises(ValueError, match='anyres_max_<N>'):

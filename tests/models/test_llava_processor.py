@@ -13,7 +13,7 @@ import pytest
 import transformers
 from PIL import Image
 
-from mmjax.data.chat_masking import render_chatml
+from mmjax.data.chat_masking import render_chat, render_chatml
 from mmjax.models import anyres
 from mmjax.models.llava_image_processing import ImageProcessingConfig
 from mmjax.models.llava_onevision import LlavaOnevisionProcessor
@@ -159,6 +159,9 @@ def test_chat_template_is_the_training_rendering(setup):
   assert system == render_chatml([{'from': 'system', 'value': 'Be brief.'}, conversation[0]])
   ids = ours.tokenizer.encode(text).ids
   assert ours.decode(ids, skip_special_tokens=False) == text
+  llama3 = ours.apply_chat_template(messages, add_generation_prompt=True, template='llama3')
+  assert llama3 == render_chat(conversation, template='llama3', add_generation_prompt=True)
+  assert llama3.startswith('<|begin_of_text|><|start_header_id|>user<|end_header_id|>\n\n<image>\n<image>\n')
 
 
 def test_errors(setup, tmp_path):

@@ -66,7 +66,7 @@ def test_logits_at_selects_positions(qwen2):
 def test_remat_gives_the_same_logits(qwen2):
   _, module, params, run = qwen2
   ids = jnp.asarray(np.random.default_rng(3).integers(0, 128, (2, 5)))
-  remat = module.clone(remat=True)
+  remat = module.clone(remat_policy='full')
   remat_logits = lambda p: remat.apply({'params': p}, ids).logits  # noqa: E731
   assert_close_programs(jax.jit(remat_logits)(params), run(params, ids, None))
   jaxpr = str(jax.make_jaxpr(remat_logits)(params))

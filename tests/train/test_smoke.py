@@ -35,7 +35,7 @@ def _short(tmp_path, name, **kw):
 
 def test_remat_and_bf16_compute_options(tmp_path):
   base = _short(tmp_path, 'base')
-  remat = _short(tmp_path, 'remat', remat=True)
+  remat = _short(tmp_path, 'remat', remat_policy='full')
   assert_close_programs(remat, base)
   bf16 = _short(tmp_path, 'bf16', compute_dtype='bfloat16')
   assert np.all(np.isfinite(bf16))

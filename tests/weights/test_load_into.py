@@ -71,7 +71,8 @@ def test_a_bare_file_reads_with_a_named_layout(qwen2, tmp_path):
   shutil.copy(directory / 'model.safetensors', tmp_path / 'weights.safetensors')
   _equal(load_into(_abstract(params), tmp_path / 'weights.safetensors', layout='qwen2'), params)
   with pytest.raises(ValueError, match=r"is a single file: name its layout \(layout=\.\.\., one of "
-                                       r"\['llama', 'llava_onevision', 'qwen2', 'siglip_vision_model'\]\)"):
+                                       r"\['clip', 'clip_text_model', 'clip_vision_model', 'llama', 'llava', "
+                                       r"'llava_onevision', 'qwen2', 'siglip_vision_model'\]\)"):
     load_into(_abstract(params), tmp_path / 'weights.safetensors')
   with pytest.raises(ValueError, match=r"unknown weight layout 'timm'; registered layouts: \["):
     load_into(_abstract(params), tmp_path / 'weights.safetensors', layout='timm')
@@ -83,7 +84,8 @@ def test_a_diffusers_folder_is_matched_by_its_class_name(siglip_with_head, tmp_p
   del config['model_type']
   (tmp_path / 'config.json').write_text(json.dumps({**config, '_class_name': 'TinyVisionModel'}))
   shutil.copy(directory / 'model.safetensors', tmp_path / 'diffusion_pytorch_model.safetensors')
-  with pytest.raises(ValueError, match=r"unsupported diffusers _class_name 'TinyVisionModel'; supported: \[\]"):
+  with pytest.raises(ValueError, match=r"unsupported diffusers _class_name 'TinyVisionModel'; supported: "
+                                       r"\['DiTTransformer2DModel', 'Transformer2DModel'\]"):
     load_into(_abstract(params), tmp_path)
   monkeypatch.setitem(registry.DIFFUSERS_SPECS, 'TinyVisionModel', siglip.SPEC)
   _equal(load_into(_abstract(params), tmp_path), params)

@@ -113,8 +113,8 @@ def test_missing_and_extra_tensors_are_named(tmp_path):
 
 def test_unsupported_model_type_and_pickle_only(tmp_path):
   (tmp_path / 'config.json').write_text(json.dumps({'model_type': 'mistral'}))
-  with pytest.raises(ValueError, match=r"unsupported model_type 'mistral'; supported: \['llama', 'llava_onevision', "
-                                       r"'qwen2', "
+  with pytest.raises(ValueError, match=r"unsupported model_type 'mistral'; supported: \['clip', 'clip_text_model', "
+                                       r"'clip_vision_model', 'llama', 'llava', 'llava_onevision', 'qwen2', "
                                        r"'siglip', 'siglip_vision_model'\]"):
     from_pretrained(tmp_path)
   save_qwen2(tmp_path, tied=True)

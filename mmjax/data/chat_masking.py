@@ -78,9 +78,11 @@ class Llama3TokenIds:
 
 QWEN2_TOKEN_IDS = ChatTokenIds(im_start=151644, im_end=151645, newline=198, image=151646,
                                video=151647)
-_SPECIALS = {"chatml": ("<|im_start|>", "<|im_end|>"),
+# The special tokens each template inserts itself, and the token that ends a turn (a generation stop token).
+TEMPLATE_TOKENS = {"chatml": ("<|im_start|>", "<|im_end|>"),
              "llama3": ("<|begin_of_text|>", "<|start_header_id|>", "<|end_header_id|>",
                         "<|eot_id|>")}
+END_OF_TURN = {"chatml": "<|im_end|>", "llama3": "<|eot_id|>"}
 
 
 def _check_template(template: str) -> None:
@@ -100,8 +102,8 @@ def chat_token_ids(template: str, token_to_id: Callable[[str], int | None],
   _check_template(template)
   layout = "\n" if template == "chatml" else "\n\n"
   newline = tokenize(layout)
-  specials = [token_to_id(t) for t in _SPECIALS[template]] + [token_to_id(image)]
-  missing = [t for t, i in zip(_SPECIALS[template] + (image,), specials) if i is None]
+  specials = [token_to_id(t) for t in TEMPLATE_TOKENS[template]] + [token_to_id(image)]
+  missing = [t for t, i in zip(TEMPLATE_TOKENS[template] + (image,), specials) if i is None]
   if len(newline) != 1:
     missing.append(f"a single token for {layout!r}")
   if missing:

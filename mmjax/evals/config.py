@@ -28,7 +28,8 @@ def benchmark_config(experiment: str, variant: str = 'default') -> ml_collection
   c.batch_size = 8  # generate: prompts per generate call (a rerun may change it)
   c.max_new_tokens = 32  # generate: the answer budget in tokens
   c.context_tokens = 0  # generate: the window (prompt + answer); 0 = the model's max_position_embeddings
-  c.system_message = 'You are a helpful assistant.'  # generate: the chat template's system turn
+  c.chat_template = 'chatml'  # generate: 'chatml' (Qwen2, LLaVA-OneVision) or 'llama3'
+  c.system_message = ''  # generate: the system turn; '' = the template's ('You are a helpful assistant.' / none)
   c.smoke_context_tokens = 256  # smoke: the guesser's window in tokens
   c.progress_bar = True
   return c

@@ -89,7 +89,8 @@ def model_responder(task: BenchmarkTask, config: ml_collections.ConfigDict) -> R
   from mmjax.evals import responders  # loads jax models: only a model run imports it
   return getattr(responders, MODEL_RESPONDERS[task.responder])(
       config.checkpoint, base=config.base or None, max_new_tokens=max_new_tokens, batch_size=config.batch_size,
-      context_tokens=config.context_tokens, system_message=config.system_message, dtype=config.compute_dtype)
+      context_tokens=config.context_tokens, system_message=config.system_message or None,
+      dtype=config.compute_dtype, chat_template=config.chat_template)
 
 
 def run_generate(task: BenchmarkTask, config: ml_collections.ConfigDict, workdir: str,
@@ -114,7 +115,8 @@ def run_generate(task: BenchmarkTask, config: ml_collections.ConfigDict, workdir
     run_info = {'data_file': os.path.abspath(data_file), 'n': len(bench), 'responder': 'mmjax',
                 'checkpoint': os.path.abspath(config.checkpoint), 'base': config.base,
                 'max_new_tokens': task.max_new_tokens(config), 'max_context_tokens': responder.max_context_tokens,
-                'system_message': config.system_message, 'dtype': config.compute_dtype}
+                'system_message': config.system_message, 'chat_template': config.chat_template,
+                'dtype': config.compute_dtype}
     title = f'{task.title}: {os.path.basename(os.path.normpath(config.checkpoint))}'
   run_info.update(task.run_info(config, bench))
   return evaluate(bench, responder, workdir, batch_size=config.batch_size, run_info=run_info, title=title,

@@ -1,16 +1,17 @@
 """Responders that answer with an mmjax model through `mmjax.generate` (greedy unless told otherwise).
 
-`ChatResponder`: a text-only Qwen2 checkpoint (e.g. Qwen2-7B-Instruct for CoverBench). A prompt becomes the user
-turn of the ChatML template (system message first), `Prompt.assistant_prefix` the start of the assistant turn.
+`ChatResponder`: a text-only decoder checkpoint (e.g. Qwen2-7B-Instruct for CoverBench). A prompt becomes the user
+turn of the chat template (`chat_template`: 'chatml' (Qwen2) or 'llama3'; system message first when the template
+has one), `Prompt.assistant_prefix` the start of the assistant turn.
 `LlavaOnevisionResponder`: a LLaVA-OneVision checkpoint (MMIU). A prompt becomes one user turn with an `<image>`
 placeholder per image, all images first, then the text; `LlavaOnevisionProcessor` expands the placeholders (one
 crop per image when a prompt has several, AnyRes for a single image) and preprocesses the PIL images.
 
 Both load what `mmjax.weights.load_model.load_model` loads: an HF directory, or an mmjax trainer workdir whose
 architecture and tokenizer come from the HF directory `base`. A continuation ends at the checkpoint's EOS ids
-(generation_config.json, else config.json) or at `<|im_end|>`, the end of a ChatML turn. With temperature > 0,
-the k-th prompt a responder answers draws from stream (seed, k) (`mmjax.generate.generate`'s request ids), so
-prompts and follow-ups sample independently and a run is reproducible from its seed.
+(generation_config.json, else config.json) or at the end of a turn of the template (`<|im_end|>`, `<|eot_id|>`).
+With temperature > 0, the k-th prompt a responder answers draws from stream (seed, k) (`mmjax.generate.generate`'s
+request ids), so prompts and follow-ups sample independently and a run is reproducible from its seed.
 `max_context_tokens` is the model's window (or the smaller `context_tokens`) less `max_new_tokens`, so that a
 benchmark fits each prompt before asking (CoverBench cuts its context from the left; MMIU drops images).
 """
@@ -23,13 +24,11 @@ from typing import Any
 import numpy as np
 from absl import logging
 
-from mmjax.data.chat_masking import DEFAULT_SYSTEM_MESSAGE, render_chatml
+from mmjax.data.chat_masking import END_OF_TURN, TEMPLATE_TOKENS, render_chat
 from mmjax.evals.prompt import Prompt
 from mmjax.generate import as_adapter, generate
 from mmjax.models.llava_image_processing import load_rgb
 from mmjax.weights.load_model import LoadedModel, hf_directory, load_model
-
-CHAT_END = '<|im_end|>'
 
 
 def _load(checkpoint: str, base: str | None, dtype: str) -> LoadedModel:
@@ -43,7 +42,10 @@ class _ModelResponder(abc.ABC):
   """What both responders share: the window, EOS ids, batching, decoding; subclasses render and tokenize."""
 
   def __init__(self, model: LoadedModel, tokenizer: Any, *, max_new_tokens: int, batch_size: int,
-               context_tokens: int, temperature: float, seed: int):
+               context_tokens: int, temperature: float, seed: int, chat_template: str):
+    if chat_template not in TEMPLATE_TOKENS:
+      raise ValueError(f'unknown chat_template {chat_template!r}; choose one of {sorted(TEMPLATE_TOKENS)}')
+    self.chat_template = chat_template
     if max_new_tokens < 1:
       raise ValueError(f'max_new_tokens must be >= 1, got {max_new_tokens}')
     if batch_size < 1:
@@ -62,11 +64,11 @@ class _ModelResponder(abc.ABC):
     if self.max_context_tokens < 1:
       raise ValueError(f'max_new_tokens={max_new_tokens} leaves no room for a prompt in a window of {window} '
                        'tokens')
-    end = tokenizer.token_to_id(CHAT_END)
+    end = tokenizer.token_to_id(END_OF_TURN[chat_template])
     self.eos_token_id = tuple(dict.fromkeys(model.eos_token_id + (() if end is None else (end,))))
     if not self.eos_token_id:
       logging.warning('%s names no EOS token and its tokenizer has no %s: every answer runs to max_new_tokens',
-                      model.source, CHAT_END)
+                      model.source, END_OF_TURN[chat_template])
 
   @abc.abstractmethod
   def render(self, prompt: Prompt) -> str:
@@ -91,28 +93,31 @@ class _ModelResponder(abc.ABC):
 
 
 class ChatResponder(_ModelResponder):
-  """A text-only decoder (Qwen2) in its ChatML template; see the module docstring."""
+  """A text-only decoder (Qwen2, Llama) in its chat template; see the module docstring. system_message None is
+  the template's default."""
 
   def __init__(self, checkpoint: str, *, base: str | None = None, max_new_tokens: int = 32, batch_size: int = 8,
-               context_tokens: int = 0, system_message: str = DEFAULT_SYSTEM_MESSAGE, dtype: str = 'float32',
-               temperature: float = 0.0, seed: int = 0):
+               context_tokens: int = 0, system_message: str | None = None, dtype: str = 'float32',
+               temperature: float = 0.0, seed: int = 0, chat_template: str = 'chatml'):
     model = _load(checkpoint, base, dtype)
     if model.tokenizer is None:
       raise FileNotFoundError(f'{hf_directory(checkpoint, base)}: no tokenizer.json; a chat responder needs one')
-    missing = [t for t in ('<|im_start|>', CHAT_END) if model.tokenizer.token_to_id(t) is None]
+    missing = [t for t in TEMPLATE_TOKENS.get(chat_template, ()) if model.tokenizer.token_to_id(t) is None]
     if missing:
-      raise ValueError(f'{model.source}: the tokenizer has no {missing} tokens, so it has no ChatML template')
+      raise ValueError(f'{model.source}: the tokenizer has no {missing} tokens, so it has no {chat_template} '
+                       'template (set --config.chat_template)')
     model.tokenizer.no_truncation()
     model.tokenizer.no_padding()
     self.system_message = system_message
     super().__init__(model, model.tokenizer, max_new_tokens=max_new_tokens, batch_size=batch_size,
-                     context_tokens=context_tokens, temperature=temperature, seed=seed)
+                     context_tokens=context_tokens, temperature=temperature, seed=seed,
+                     chat_template=chat_template)
 
   def render(self, prompt: Prompt) -> str:
     if prompt.images:
       raise ValueError(f'{self.model.source} is a text-only model; the prompt has {len(prompt.images)} images')
-    return render_chatml([{'from': 'human', 'value': prompt.text}], system_message=self.system_message,
-                         add_generation_prompt=True) + prompt.assistant_prefix
+    return render_chat([{'from': 'human', 'value': prompt.text}], template=self.chat_template,
+                       system_message=self.system_message, add_generation_prompt=True) + prompt.assistant_prefix
 
   def encode(self, prompt: Prompt) -> list[int]:
     return self.tokenizer.encode(self.render(prompt)).ids
@@ -129,8 +134,8 @@ class LlavaOnevisionResponder(_ModelResponder):
   """A LLaVA-OneVision checkpoint with its processor; see the module docstring."""
 
   def __init__(self, checkpoint: str, *, base: str | None = None, max_new_tokens: int = 32, batch_size: int = 4,
-               context_tokens: int = 0, system_message: str = DEFAULT_SYSTEM_MESSAGE, dtype: str = 'float32',
-               temperature: float = 0.0, seed: int = 0):
+               context_tokens: int = 0, system_message: str | None = None, dtype: str = 'float32',
+               temperature: float = 0.0, seed: int = 0, chat_template: str = 'chatml'):
     model = _load(checkpoint, base, dtype)
     if model.processor is None:  # load_model reads the processor of a LLaVA-OneVision checkpoint
       raise FileNotFoundError(f'{hf_directory(checkpoint, base)}: no preprocessor_config.json; a LLaVA-OneVision '
@@ -138,12 +143,14 @@ class LlavaOnevisionResponder(_ModelResponder):
     self.processor = model.processor
     self.system_message = system_message
     super().__init__(model, self.processor.tokenizer, max_new_tokens=max_new_tokens, batch_size=batch_size,
-                     context_tokens=context_tokens, temperature=temperature, seed=seed)
+                     context_tokens=context_tokens, temperature=temperature, seed=seed,
+                     chat_template=chat_template)
 
   def render(self, prompt: Prompt) -> str:
     content = [{'type': 'image'}] * len(prompt.images) + [{'type': 'text', 'text': prompt.text}]
     return self.processor.apply_chat_template([{'role': 'user', 'content': content}], add_generation_prompt=True,
-                                              system_message=self.system_message) + prompt.assistant_prefix
+                                              system_message=self.system_message,
+                                              template=self.chat_template) + prompt.assistant_prefix
 
   def count_tokens(self, prompt: Prompt) -> int:
     """Text tokens of the rendered prompt plus each image's placeholder tokens (one `<image>` token each before

@@ -48,7 +48,7 @@ from typing import Any, TextIO
 
 from absl import logging
 
-from mmjax.data.chat_masking import TEMPLATES
+from mmjax.data.chat_masking import TEMPLATE_TOKENS, TEMPLATES
 from mmjax.generate import as_adapter, compile_counts, generate, stream
 from mmjax.models.llava_onevision import LlavaOnevisionForConditionalGeneration
 from mmjax.weights.load_model import DTYPES, LoadedModel, load_model
@@ -57,10 +57,8 @@ PROG = 'python -m mmjax.generate.cli'
 OUTPUT_KEYS = ('input_line', 'sample', 'text', 'tokens', 'logprobs', 'finish_reason')  # added to each input record
 USER_ERRORS = (ValueError, FileNotFoundError, NotADirectoryError, IsADirectoryError, PermissionError)
 CHAT_TEMPLATES = ('auto', *TEMPLATES, 'plain')
-# The special tokens each chat template inserts.
-CHAT_SPECIALS = {'chatml': ('<|im_start|>', '<|im_end|>'),
-                 'llama3': ('<|begin_of_text|>', '<|start_header_id|>', '<|end_header_id|>', '<|eot_id|>'),
-                 'plain': ()}
+# The special tokens each chat template inserts ('plain': none).
+CHAT_SPECIALS = {**TEMPLATE_TOKENS, 'plain': ()}
 
 
 @dataclasses.dataclass(frozen=True)

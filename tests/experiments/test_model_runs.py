@@ -191,3 +191,7 @@ def test_chat_responder_renders_chatml_and_counts_its_tokens(qwen2_dir):
   assert responder.eos_token_id == (responder.tokenizer.token_to_id('<|im_end|>'),)
   one, = responder.respond([prompt])
   assert responder.respond([Prompt('x'), prompt, Prompt('y')])[1] == one  # batching does not change the answer
+  with pytest.raises(ValueError, match=r"no \['<\|begin_of_text\|>'.* so it has no llama3 template"):
+    ChatResponder(qwen2_dir, max_new_tokens=4, context_tokens=64, chat_template='llama3')
+  with pytest.raises(ValueError, match="unknown chat_template 'vicuna'"):
+    ChatResponder(qwen2_dir, max_new_tokens=4, context_tokens=64, chat_template='vicuna')

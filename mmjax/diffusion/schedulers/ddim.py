@@ -11,6 +11,7 @@ import numpy as np
 from flax import struct
 
 from mmjax.diffusion.parameterization import x0_and_eps
+from mmjax.pallas_kernels import sampler as fused
 
 
 @struct.dataclass
@@ -64,3 +65,8 @@ class DDIMScheduler:
     if self.eta > 0:
       prev = prev + std * noise
     return prev.astype(sample.dtype), state
+
+  def fused_step_spec(self, i: jax.Array) -> fused.StepSpec:
+    """Step i for the fused Pallas kernel (`mmjax.pallas_kernels.sampler.guided_step`)."""
+    return fused.ddim_spec(self.alpha_bar[i], self.alpha_bar_prev[i], self.std[i], eta=self.eta,
+                           prediction_type=self.prediction_type, clip_sample_range=self.clip_sample_range)

@@ -13,6 +13,7 @@ import numpy as np
 from flax import struct
 
 from mmjax.diffusion.parameterization import x0_and_eps
+from mmjax.pallas_kernels import sampler as fused
 
 VARIANCE_TYPES = ('fixed_small', 'fixed_large', 'learned_range')
 
@@ -87,3 +88,9 @@ class DDPMScheduler:
     mean = self.coef_x0[i] * x0 + self.coef_xt[i] * sample
     prev = mean + self.noise_mask[i] * jnp.exp(0.5 * log_variance) * noise
     return prev.astype(sample.dtype), state
+
+  def fused_step_spec(self, i: jax.Array) -> fused.StepSpec:
+    """Step i for the fused Pallas kernel (`mmjax.pallas_kernels.sampler.guided_step`)."""
+    return fused.ddpm_spec(self.alpha_bar[i], self.coef_x0[i], self.coef_xt[i], self.log_beta[i],
+                           self.log_posterior_variance[i], self.noise_mask[i], prediction_type=self.prediction_type,
+                           variance_type=self.variance_type, clip_sample_range=self.clip_sample_range)

@@ -9,6 +9,8 @@ import jax.numpy as jnp
 import numpy as np
 from flax import struct
 
+from mmjax.pallas_kernels import sampler as fused
+
 
 @struct.dataclass
 class EulerDiscreteScheduler:
@@ -56,3 +58,7 @@ class EulerDiscreteScheduler:
       x0 = model_output
     prev = x + (x - x0) / sigma * (sigma_next - sigma)
     return prev.astype(sample.dtype), state
+
+  def fused_step_spec(self, i: jax.Array) -> fused.StepSpec:
+    """Step i for the fused Pallas kernel (`mmjax.pallas_kernels.sampler.guided_step`)."""
+    return fused.euler_spec(self.sigmas[i], self.sigmas[i + 1], prediction_type=self.prediction_type)

@@ -3,6 +3,8 @@
   python launch.py --config configs/vit_digits.py:variant=smoke --workdir runs/digits_smoke
   python launch.py --config configs/vit_digits.py --workdir runs/digits --config.optim.lr=3e-3
   python launch.py --config configs/vit_digits.py --workdir runs/digits --mode eval   # read-only; prints the results
+  python launch.py --config configs/llava_onevision.py:size=72b --mode compile --compile_devices=256 \
+      --config.model.text.scan_layers=True       # lowers the real step on an abstract mesh (mmjax.train.aot)
   python launch.py --config configs/mmiu.py --mode score --workdir runs/mmiu_score \
       --config.data_file=all.json --config.responses=R.jsonl
   python launch.py --mode convert --convert_from HF_DIR --convert_to runs/params      # HF -> orbax
@@ -11,11 +13,11 @@
   python launch.py --mode generate -- --checkpoint HF_DIR --chat                      # streams tokens
 
 Programs (--mode): an experiment module names the programs it runs in `PROGRAMS = {name: fn(config, workdir) ->
-summary}` (a benchmark's are generate and score, from mmjax.evals.benchmark_programs); a module without PROGRAMS is
-a training experiment (`make_experiment(config)`) and runs the trainer's train and eval. Without --mode the module's
-first program runs. Without --config, --mode convert converts checkpoints and --mode generate runs the generation
-CLI (mmjax.generate.cli; its flags follow `--`). A config's `variant` (e.g. smoke) is a config argument, never a
-program: `--config configs/mmiu.py:variant=smoke --mode generate`.
+summary}` (a benchmark's are generate and score, from mmjax.evals.benchmark_programs); a training experiment
+(`make_experiment(config)`) runs the trainer's train, eval and compile (lowering only), then its own PROGRAMS.
+Without --mode the module's first program runs. Without --config, --mode convert converts checkpoints and --mode
+generate runs the generation CLI (mmjax.generate.cli; its flags follow `--`). A config's `variant` (e.g. smoke) is a
+config argument, never a program: `--config configs/mmiu.py:variant=smoke --mode generate`.
 
 Errors a user can fix (a bad config argument, key or value, a missing file, bad ids, a checkpoint that does not fit)
 print one line and exit 2; --debug shows the traceback instead.
@@ -37,12 +39,12 @@ from collections.abc import Callable, Mapping, Sequence
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-PROGRAMS = ('train', 'eval', 'sample', 'generate', 'convert', 'score')
+PROGRAMS = ('train', 'eval', 'compile', 'sample', 'generate', 'convert', 'score')
 
 _CONFIG = config_flags.DEFINE_config_file('config', None, 'configs/<exp>.py[:args]', lock_config=True)
 _WORKDIR = flags.DEFINE_string('workdir', None, 'Directory for checkpoints, metrics, responses and reports.')
 _MODE = flags.DEFINE_enum('mode', None, PROGRAMS,
-                          "The program: one the experiment declares (train|eval for a training experiment, "
+                          "The program: one the experiment declares (train|eval|compile for a training experiment, "
                           "generate|score for a benchmark); default: its first. Without --config: convert, or "
                           "generate (the generation CLI, its flags after `--`).")
 _DEBUG = flags.DEFINE_bool('debug', False, 'Show the traceback of an error instead of its one-line message.')
@@ -63,6 +65,9 @@ _RESTORE_STEP = flags.DEFINE_integer('restore_step', None,
                                      'train: resume from this step (the later steps are moved to '
                                      'checkpoints_set_aside/, not deleted); eval: evaluate it. Default: the newest '
                                      'step that restores.')
+_COMPILE_DEVICES = flags.DEFINE_integer('compile_devices', None,
+                                        'compile: lower the train step for this many devices (the -1 of '
+                                        'config.mesh fills them), e.g. 256 for a pod; default: those present.')
 
 _CLUSTER_ENV = ('TPU_WORKER_HOSTNAMES', 'MEGASCALE_COORDINATOR_ADDRESS', 'JAX_COORDINATOR_ADDRESS')
 # Errors a user can fix by changing the command, a file or a config value: one line, exit 2 (traceback: --debug).
@@ -233,21 +238,31 @@ def _eval(config, workdir: str) -> dict:
   return _trainer_summary(evaluate_checkpoint(config, workdir, step=_RESTORE_STEP.value))
 
 
+def _compile(config, workdir: str | None) -> dict:
+  """Lowers the real train step on an abstract mesh (no devices, nothing read or written); prints the summary."""
+  del workdir
+  import jax
 
-# The programs of a training experiment (a module with `make_experiment(config)` and no PROGRAMS of its own).
-TRAINER_PROGRAMS = {'train': _train, 'eval': _eval}
+  from mmjax.train import aot
+  return aot.summary(aot.lower_train_step(config, num_devices=_COMPILE_DEVICES.value or jax.device_count()))
+
+
+# The programs of a training experiment (a module with `make_experiment(config)`), before its own PROGRAMS.
+TRAINER_PROGRAMS = {'train': _train, 'eval': _eval, 'compile': _compile}
 
 
 def experiment_programs(module) -> Mapping[str, Callable]:
-  """The programs an experiment module runs, in order (the first is the default): its PROGRAMS, or the trainer's."""
+  """The programs an experiment module runs, in order (the first is the default): its PROGRAMS, after the
+  trainer's when it is a training experiment (e.g. dit_digits adds sample)."""
   declared = getattr(module, 'PROGRAMS', None)
   if declared is not None:
     unknown = sorted(set(declared) - set(PROGRAMS))
     if unknown:
       raise ValueError(f'{module.__name__}.PROGRAMS names {unknown}; launch.py runs {", ".join(PROGRAMS)}')
-    return declared
   if hasattr(module, 'make_experiment'):
-    return TRAINER_PROGRAMS
+    return {**TRAINER_PROGRAMS, **(declared or {})}
+  if declared is not None:
+    return declared
   raise ValueError(f'{module.__name__} declares no PROGRAMS and no make_experiment(config); launch.py cannot run it')
 
 
@@ -287,7 +302,7 @@ def _run(argv: list[str]) -> None:
     raise app.UsageError('--config is required (without it: --mode convert, or --mode generate)')
   if len(argv) > 1:
     raise app.UsageError(f'unexpected arguments: {argv[1:]}')
-  if not _WORKDIR.value:
+  if not _WORKDIR.value and mode != 'compile':
     raise app.UsageError('--workdir is required with --config')
   config = _CONFIG.value
   name, program = pick_program(_import_experiment(config.experiment), mode)

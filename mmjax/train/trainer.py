@@ -26,7 +26,7 @@ import ml_collections
 import numpy as np
 from absl import logging
 from jax.experimental import multihost_utils
-from jax.sharding import NamedSharding, PartitionSpec as P
+from jax.sharding import AbstractMesh, Mesh, NamedSharding, PartitionSpec as P
 
 from mmjax.data import iterator_state_to_json, make_global_batch, make_iterator
 from mmjax.train import checkpoint as ckpt_lib, hooks as hooks_lib, optimizer as optim_lib
@@ -64,7 +64,8 @@ def _size(tree: Any) -> int:
 class TrainSetup:
   """Mesh, shardings, optimisers and the jitted init/step of one run (benchmarks build steps from it)."""
 
-  def __init__(self, config: ml_collections.ConfigDict, experiment: Experiment, workdir: str = ''):
+  def __init__(self, config: ml_collections.ConfigDict, experiment: Experiment, workdir: str = '',
+               mesh: Mesh | AbstractMesh | None = None):
     self.config = config
     self.exp = experiment
     if experiment.loss_fn is None and experiment.train_step is None:
@@ -72,7 +73,7 @@ class TrainSetup:
     if config.batch_size % config.grad_accum_steps:
       raise ValueError(f'batch_size {config.batch_size} is not divisible by grad_accum_steps '
                        f'{config.grad_accum_steps}')
-    self.mesh = make_mesh(dict(config.mesh))
+    self.mesh = make_mesh(dict(config.mesh)) if mesh is None else mesh  # an AbstractMesh: lowering only (aot.py)
     self.rules = rules_from_config(dict(config.sharding_rules), self.mesh)
     self.batch_sharding = batch_sharding(self.mesh, self.rules)
     self.replicated = NamedSharding(self.mesh, P())
@@ -128,7 +129,8 @@ class TrainSetup:
   def scope(self) -> contextlib.ExitStack:
     """Mesh + logical rules context for tracing model code."""
     stack = contextlib.ExitStack()
-    stack.enter_context(jax.set_mesh(self.mesh))
+    abstract = isinstance(self.mesh, AbstractMesh)
+    stack.enter_context(jax.sharding.use_abstract_mesh(self.mesh) if abstract else jax.set_mesh(self.mesh))
     stack.enter_context(nn.logical_axis_rules(self.rules))
     return stack
 

@@ -231,8 +231,13 @@ class TrainSetup:
     inner = exp.train_step or default_train_step(exp.loss_fn, int(cfg.grad_accum_steps))
     decay = float(cfg.ema_decay)
 
+    mesh = self.mesh if isinstance(self.mesh, AbstractMesh) else self.mesh.abstract_mesh
+
     def step_fn(state: TrainState, batch):
-      new, metrics = inner(state, batch, jax.random.fold_in(state.rng, state.step))
+      # jit traces at the first call, wherever that is: the model's activation constraints need the mesh and the
+      # logical rules in the trace itself, not around jax.jit.
+      with jax.sharding.use_abstract_mesh(mesh), nn.logical_axis_rules(self.rules):
+        new, metrics = inner(state, batch, jax.random.fold_in(state.rng, state.step))
       if jax.tree.structure(new) != jax.tree.structure(state):
         raise TypeError('train_step returned a state of another structure than it was given:\n'
                         f'  {jax.tree.structure(new)}\nvs\n  {jax.tree.structure(state)}')

@@ -91,3 +91,16 @@ def test_golden_partition_specs_of_the_smoke_config():
   # Spot checks that make the golden file meaningful, not just self-consistent.
   assert golden['encoder/layers_0/attention/q_proj/kernel'] == ['fsdp', 'tensor', None]
   assert golden['head/kernel'] == ['fsdp', 'tensor']
+
+
+def test_the_step_keeps_the_models_activation_constraints():
+  """The step traces at its first call, outside any mesh context: the model's logical activation constraints must
+  still become sharding constraints in the program (they did not while the rules only surrounded jax.jit)."""
+  config = _config({'data': 2, 'fsdp': 2, 'tensor': 2})
+  setup = TrainSetup(config, make_experiment(config))
+  size, channels = config.data.image_size, 1 if config.data.grayscale else 3
+  batch = {'image': jax.ShapeDtypeStruct((config.batch_size, size, size, channels), np.float32,
+                                         sharding=setup.batch_sharding),
+           'label': jax.ShapeDtypeStruct((config.batch_size,), np.int32, sharding=setup.batch_sharding)}
+  text = setup.build_step().lower(setup.abstract_state, batch).as_text()
+  assert text.count('sharding_constraint') >= 2 * config.model.depth, text.count('sharding_constraint')

@@ -21,6 +21,7 @@ from jax.typing import DTypeLike
 
 from mmjax.weights.assets import copy_assets, with_special_tokens
 from mmjax.weights.key_map import Transform
+from mmjax.weights.layer_view import per_layer
 from mmjax.weights.registry import spec_of
 from mmjax.weights.safetensors_io import DIFFUSERS_BASENAME, HF_BASENAME, nbytes, write_tensors
 from mmjax.weights.safetensors_source import folder_source, read_config
@@ -69,7 +70,8 @@ def save_pretrained(path: str | os.PathLike, module_or_config: nn.Module | Any, 
   """Writes config.json and the weights (in the params' dtype) as an HF directory that transformers loads.
 
   params: the tree `from_pretrained` returns or `init(...)['params']` (boxed or not; a {'params': ...} wrapper is
-  accepted). Above max_shard_size bytes the weights are split into shards with model.safetensors.index.json.
+  accepted; a scanned model's stacked layers are written per layer). Above max_shard_size bytes the weights are
+  split into shards with model.safetensors.index.json.
   Arrays must be fully addressable (one process); sharded arrays are gathered tensor by tensor.
   assets_from: a model folder (e.g. the one the params came from) whose tokenizer, processor, chat template and
   generation files are copied along, and whose config.json's bos/eos/pad token ids the written config.json keeps.
@@ -79,7 +81,7 @@ def save_pretrained(path: str | os.PathLike, module_or_config: nn.Module | Any, 
   params = nn.unbox(params)
   if set(params) == {'params'}:
     params = params['params']
-  flat = flatten_dict(params)
+  flat = flatten_dict(per_layer(params))  # a scanned model's stacked layers as HF's per-layer tensors
   expected = {target.path for target in key_map.targets.values()}
   missing, extra = sorted(expected - set(flat)), sorted(set(flat) - expected)
   if missing or extra:

@@ -65,8 +65,13 @@ def fill(source: Source, wanted: Mapping[ParamPath, jax.ShapeDtypeStruct], *, pr
   exact: a source parameter under prefix that `wanted` lacks (and skip does not name) is an error; with
     exact=False `wanted` selects a part of the source.
 
+  Layers stacked on one side and per layer on the other (a scanned model, an HF file) are read across
+  (`layer_view`).
+
   Raises WeightsMismatchError naming, with the source, every missing, unexpected and misshapen parameter.
   """
+  from mmjax.weights.layer_view import layer_view  # layer_view builds on this module's Source
+  source = layer_view(source, wanted, prefix)
   under = {path[len(prefix):]: path for path in source.paths if path[:len(prefix)] == prefix and path != prefix}
   if prefix and not under:
     tops = sorted({path[0] for path in source.paths})

@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 import torch
 import transformers
+from flax.traverse_util import flatten_dict, unflatten_dict
 from jax.ad_checkpoint import print_saved_residuals
 from transformers.modeling_rope_utils import ROPE_INIT_FUNCTIONS
 
@@ -18,7 +19,8 @@ from mmjax.models.kv_cache import init_cache, write_chunk
 from mmjax.nn import MultiHeadAttention
 from mmjax.nn.multihead_attention import ATTENTION_OUTPUT
 from mmjax.nn.rope import RopeScaling, inverse_frequencies
-from mmjax.weights import from_pretrained, save_pretrained
+from mmjax.weights import from_pretrained, load_into, save_pretrained
+from mmjax.weights.source import Source, fill
 from tests.hf_models import LLAMA3_ROPE, qwen2_logits, save_llama, save_qwen2
 from tests.numerics import assert_close_programs, assert_close_torch
 
@@ -145,15 +147,47 @@ def test_scanned_decoding_equals_unscanned(family_member):
 
 def test_round_trip_through_the_stacked_layout(family_member, tmp_path):
   """HF -> stacked -> HF is bitwise: what transformers reloads equals the reference tensor by tensor."""
-  reference, module, _, _, stacked = family_member
-  save_pretrained(tmp_path, module, unstack_layers(stacked))
+  reference, _, params, scanned, stacked = family_member
+  save_pretrained(tmp_path, scanned, stacked)  # the scanned model's stacked layers are written per layer
   reloaded = transformers.AutoModelForCausalLM.from_pretrained(tmp_path).state_dict()
   original = reference.state_dict()
   assert reloaded.keys() == original.keys()
   for key, value in original.items():
     assert torch.equal(reloaded[key], value), key
+  # The HF folder fills a scanned model's stacked tree directly, bitwise.
+  abstract = jax.eval_shape(lambda: nn.unbox(scanned.init(jax.random.key(0), jnp.zeros((1, 2), jnp.int32))))
+  jax.tree.map(np.testing.assert_array_equal, load_into(abstract['params'], tmp_path), stacked)
   with pytest.raises(ValueError, match='already stacked'):
     stack_layers(stacked)
+
+
+class _Stacked(Source):
+  """An in-memory source holding a scanned model's stacked parameters."""
+  where = 'a scanned checkpoint'
+
+  def __init__(self, params):
+    self.arrays = flatten_dict(params)
+
+  @property
+  def paths(self):
+    return frozenset(self.arrays)
+
+  def misshapen(self, wanted):
+    return [f'{"/".join(p)}: {self.arrays[p].shape}' for p, v in wanted.items() if self.arrays[p].shape != v.shape]
+
+  def read(self, wanted):
+    return {p: jnp.asarray(self.arrays[p], v.dtype) for p, v in wanted.items()}
+
+
+def test_stacked_parameters_fill_an_unrolled_model(family_member):
+  """A scanned run's parameters read into the per-layer tree (what converting a scanned workdir to HF does), and
+  a layer count that does not match is named."""
+  _, _, params, _, stacked = family_member
+  wanted = flatten_dict(jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype), params))
+  jax.tree.map(np.testing.assert_array_equal, unflatten_dict(fill(_Stacked(stacked), wanted)), params)
+  three = flatten_dict(jax.tree.map(lambda x: jax.ShapeDtypeStruct((3, *x.shape[1:]), x.dtype), stacked))
+  with pytest.raises(ValueError, match='stacks 3 layers'):
+    fill(_Stacked(params), three)
 
 
 def test_remat_policies_give_the_same_gradients(capsys):

@@ -11,11 +11,12 @@ import numpy as np
 from flax import struct
 
 from mmjax.diffusion.parameterization import x0_and_eps
+from mmjax.diffusion.schedulers.base import Stateless
 from mmjax.pallas_kernels import sampler as fused
 
 
 @struct.dataclass
-class DDIMScheduler:
+class DDIMScheduler(Stateless):
   """Per-step tables over the N inference steps; index i is the position in `timesteps` (traceable)."""
   timesteps: jax.Array  # [N] int32, descending
   alpha_bar: jax.Array  # [N] ᾱ_t
@@ -39,18 +40,6 @@ class DDIMScheduler:
     f32 = lambda a: jnp.asarray(a, jnp.float32)
     return cls(jnp.asarray(timesteps, jnp.int32), f32(alpha_bar), f32(alpha_bar_prev), f32(eta * np.sqrt(variance)),
                prediction_type, clip_sample_range, float(eta))
-
-  @property
-  def init_noise_sigma(self) -> float:
-    return 1.0
-
-  def scale_model_input(self, sample: jax.Array, i: jax.Array) -> jax.Array:
-    del i
-    return sample
-
-  def init_state(self, sample: jax.Array) -> tuple[()]:
-    del sample
-    return ()
 
   def step(self, state: tuple[()], model_output: jax.Array, i: jax.Array, sample: jax.Array,
            noise: jax.Array | None = None) -> tuple[jax.Array, tuple[()]]:

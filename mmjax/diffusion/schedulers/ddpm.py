@@ -13,13 +13,14 @@ import numpy as np
 from flax import struct
 
 from mmjax.diffusion.parameterization import x0_and_eps
+from mmjax.diffusion.schedulers.base import Stateless
 from mmjax.pallas_kernels import sampler as fused
 
 VARIANCE_TYPES = ('fixed_small', 'fixed_large', 'learned_range')
 
 
 @struct.dataclass
-class DDPMScheduler:
+class DDPMScheduler(Stateless):
   """Per-step tables over the N inference steps; index i is the position in `timesteps` (traceable)."""
   timesteps: jax.Array  # [N] int32, descending
   alpha_bar: jax.Array  # [N] ᾱ_t
@@ -52,18 +53,6 @@ class DDPMScheduler:
       log_beta=f32(np.log(beta)), log_posterior_variance=f32(np.log(posterior_variance)),
       noise_mask=f32(timesteps > 0), prediction_type=prediction_type, variance_type=variance_type,
       clip_sample_range=clip_sample_range)
-
-  @property
-  def init_noise_sigma(self) -> float:
-    return 1.0
-
-  def scale_model_input(self, sample: jax.Array, i: jax.Array) -> jax.Array:
-    del i
-    return sample
-
-  def init_state(self, sample: jax.Array) -> tuple[()]:
-    del sample
-    return ()
 
   def step(self, state: tuple[()], model_output: jax.Array, i: jax.Array, sample: jax.Array,
            noise: jax.Array | None = None) -> tuple[jax.Array, tuple[()]]:

@@ -14,6 +14,8 @@ import jax.numpy as jnp
 import numpy as np
 from flax import struct
 
+from mmjax.diffusion.schedulers.base import VariancePreserving
+
 
 class DPMSolverState(NamedTuple):
   previous_x0: jax.Array  # m_{i−1}, shaped like the sample, float32
@@ -21,7 +23,7 @@ class DPMSolverState(NamedTuple):
 
 
 @struct.dataclass
-class DPMSolverMultistepScheduler:
+class DPMSolverMultistepScheduler(VariancePreserving):
   """Per-step tables; index i is the position in `timesteps` (traceable)."""
   timesteps: jax.Array  # [N] int32, descending
   signal: jax.Array  # [N] α_i
@@ -61,14 +63,6 @@ class DPMSolverMultistepScheduler:
     return cls(jnp.asarray(timesteps, jnp.int32), f32(alpha[:-1]), f32(scaled[:-1]),
                f32(scaled[1:] / scaled[:-1]), f32(coef_x0),
                f32(np.where(second_order, coef_difference, 0.0)), prediction_type)
-
-  @property
-  def init_noise_sigma(self) -> float:
-    return 1.0
-
-  def scale_model_input(self, sample: jax.Array, i: jax.Array) -> jax.Array:
-    del i
-    return sample
 
   def init_state(self, sample: jax.Array) -> DPMSolverState:
     return DPMSolverState(jnp.zeros(sample.shape, jnp.float32), jnp.zeros((), bool))

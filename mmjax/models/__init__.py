@@ -15,9 +15,12 @@ from mmjax.models.llava_onevision import LlavaOnevisionConfig, LlavaOnevisionFor
 from mmjax.models.llava_processor import LlavaOnevisionProcessor
 from mmjax.models.qwen2 import CausalLMOutput, Qwen2Config, Qwen2ForCausalLM
 from mmjax.models.siglip import SiglipVisionConfig, SiglipVisionModel
+from mmjax.models.unet import UNet2DConditionConfig, UNet2DConditionModel
+from mmjax.models.vae import AutoencoderKL, AutoencoderKLConfig, DiagonalGaussian
 
-__all__ = ['CLIPTextConfig', 'CLIPTextModel', 'CLIPTextModelWithProjection', 'CLIPVisionConfig', 'CLIPVisionModel',
-           'CLIPVisionModelWithProjection', 'CausalLMOutput', 'DiT', 'DiTConfig', 'KVCache', 'LlamaConfig',
-           'LlamaForCausalLM', 'LlavaConfig', 'LlavaForConditionalGeneration', 'LlavaOnevisionConfig',
-           'LlavaOnevisionForConditionalGeneration', 'LlavaOnevisionProcessor', 'Qwen2Config', 'Qwen2ForCausalLM',
-           'SiglipVisionConfig', 'SiglipVisionModel', 'init_cache']
+__all__ = ['AutoencoderKL', 'AutoencoderKLConfig', 'CLIPTextConfig', 'CLIPTextModel', 'CLIPTextModelWithProjection',
+           'CLIPVisionConfig', 'CLIPVisionModel', 'CLIPVisionModelWithProjection', 'CausalLMOutput', 'DiT', 'DiTConfig',
+           'DiagonalGaussian', 'KVCache', 'LlamaConfig', 'LlamaForCausalLM', 'LlavaConfig',
+           'LlavaForConditionalGeneration', 'LlavaOnevisionConfig', 'LlavaOnevisionForConditionalGeneration',
+           'LlavaOnevisionProcessor', 'Qwen2Config', 'Qwen2ForCausalLM', 'SiglipVisionConfig', 'SiglipVisionModel',
+           'UNet2DConditionConfig', 'UNet2DConditionModel', 'init_cache']

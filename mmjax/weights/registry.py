@@ -7,7 +7,7 @@ layout name the caller gives.
 from collections.abc import Mapping
 from typing import Any
 
-from mmjax.weights import clip, dit, llama, llava, llava_onevision, qwen2, siglip
+from mmjax.weights import clip, dit, llama, llava, llava_onevision, qwen2, siglip, unet, vae
 from mmjax.weights.key_map import Layout, ModelSpec
 
 MODEL_SPECS: dict[str, ModelSpec] = {
@@ -25,8 +25,10 @@ MODEL_SPECS: dict[str, ModelSpec] = {
 # diffusers `_class_name` -> spec (the folder's config.json parsed by spec.config_cls.from_hf_dict). A
 # Transformer2DModel reads as a DiT only when its config is one (DiTConfig.from_hf_dict refuses the others).
 DIFFUSERS_SPECS: dict[str, ModelSpec] = {
+    'AutoencoderKL': vae.SPEC,
     'DiTTransformer2DModel': dit.SPEC,
     'Transformer2DModel': dit.SPEC,
+    'UNet2DConditionModel': unet.SPEC,
 }
 
 # Layout name -> key map from the target's shapes. The HF model types are layouts too: a bare .safetensors file

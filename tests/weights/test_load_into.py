@@ -85,7 +85,8 @@ def test_a_diffusers_folder_is_matched_by_its_class_name(siglip_with_head, tmp_p
   (tmp_path / 'config.json').write_text(json.dumps({**config, '_class_name': 'TinyVisionModel'}))
   shutil.copy(directory / 'model.safetensors', tmp_path / 'diffusion_pytorch_model.safetensors')
   with pytest.raises(ValueError, match=r"unsupported diffusers _class_name 'TinyVisionModel'; supported: "
-                                       r"\['DiTTransformer2DModel', 'Transformer2DModel'\]"):
+                                       r"\['AutoencoderKL', 'DiTTransformer2DModel', 'Transformer2DModel', "
+                                       r"'UNet2DConditionModel'\]"):
     load_into(_abstract(params), tmp_path)
   monkeypatch.setitem(registry.DIFFUSERS_SPECS, 'TinyVisionModel', siglip.SPEC)
   _equal(load_into(_abstract(params), tmp_path), params)

@@ -94,7 +94,8 @@ class TrainSetup:
       if not jax.tree.leaves(select(abstract_params, self.ema_match)):
         raise ValueError(f'config.ema_regex {config.ema_regex!r} matches no parameter')
     with self.scope():
-      self.abstract_state = jax.eval_shape(self._init_state, jax.random.PRNGKey(0))
+      # From the abstract params above: the model's init is traced once, not twice.
+      self.abstract_state = jax.eval_shape(self._init_state, jax.random.PRNGKey(0), abstract_params)
     self.shardings = TrainState(
         step=self.replicated, rng=self.replicated, params=self.param_shardings,
         opt_states={name: optim_lib.mirror_shardings(s, abstract_params, self.param_shardings, self.replicated)

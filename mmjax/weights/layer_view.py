@@ -11,6 +11,7 @@ from collections.abc import Iterable, Mapping
 import jax
 import numpy as np
 
+from mmjax.models.decoder import unstack_layers
 from mmjax.weights.key_map import ParamPath
 from mmjax.weights.source import Source, place
 
@@ -124,11 +125,6 @@ def layer_view(source: Source, wanted_paths: Iterable[ParamPath], prefix: ParamP
 def per_layer(params: Mapping) -> dict:
   """A parameter tree with every stacked `layers` subtree ([L, ...], a scanned model) split into layers_{i}: the
   layout HF files and the key maps use."""
-  out = {}
-  for key, value in params.items():
-    if key == STACKED and isinstance(value, Mapping):
-      count = jax.tree.leaves(value)[0].shape[0]
-      out.update({f'layers_{i}': jax.tree.map(lambda x, i=i: x[i], value) for i in range(count)})
-    else:
-      out[key] = per_layer(value) if isinstance(value, Mapping) else value
-  return out
+  out = {key: per_layer(value) if isinstance(value, Mapping) and key != STACKED else value
+         for key, value in params.items()}
+  return unstack_layers(out) if isinstance(out.get(STACKED), Mapping) else out

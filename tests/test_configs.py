@@ -14,6 +14,7 @@ CONFIGS = sorted(p.stem for p in (Path(__file__).resolve().parents[1] / 'configs
 ARGS = {
     'coverbench': {'prompt': ('zero_shot', 'cot')},
     'dit_digits': {},
+    'ipadapter_instruct': {},
     'llava_onevision': {'size': ('0.5b', '7b', '72b'), 'stage': ('stage1', 'stage1.5', 'si', 'ov')},
     'mmiu': {},
     'vit_digits': {},

@@ -195,7 +195,7 @@ def test_remat_policies_give_the_same_gradients(capsys):
   config = LlamaConfig(vocab_size=32, hidden_size=16, intermediate_size=24, num_hidden_layers=2,
                        num_attention_heads=4, num_key_value_heads=2)
   module, ids = LlamaForCausalLM(config), jnp.asarray(np.random.default_rng(2).integers(0, 32, (2, 6)))
-  params = nn.unbox(module.init(jax.random.key(0), ids)['params'])
+  params = nn.unbox(jax.jit(module.init)(jax.random.key(0), ids)['params'])  # one compile, not one per operation
 
   def grad(m, p):
     return jax.jit(jax.grad(lambda p: jnp.sum(jnp.sin(m.apply({'params': p}, ids).logits))))(p)

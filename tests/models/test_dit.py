@@ -84,18 +84,22 @@ def test_label_dropout_draws_the_null_label():
   sample, timestep, labels = jnp.asarray(sample.transpose(0, 2, 3, 1)), jnp.asarray(timestep), jnp.asarray(labels)
   params = nn.unbox(jax.jit(DiT(config).init)(jax.random.key(0), sample, timestep, labels)['params'])
   # Non-zero output layers, or every output is 0 whatever the labels (adaLN-Zero).
-  params = jax.tree.map(lambda p: p + 0.1 * jax.random.normal(jax.random.key(1), p.shape), params)
+  # Drawn with numpy: a jax.random draw per parameter shape costs more XLA compilation than the whole test.
+  rng = np.random.default_rng(1)
+  params = jax.tree.map(lambda p: np.asarray(p) + np.float32(0.1) * rng.standard_normal(p.shape, np.float32), params)
   null = jnp.full_like(labels, config.num_classes)
 
+  # Arrays are arguments, not closed-over constants that XLA would spend its time folding.
   @functools.partial(jax.jit, static_argnums=(0,))
-  def run(train, labels, key):
+  def run(train, params, sample, timestep, labels, key):
     return DiT(config, class_dropout_prob=0.5).apply({'params': params}, sample, timestep, labels,
                                                      deterministic=not train, rngs={'dropout': key})
 
-  clean, all_null = run(False, labels, jax.random.key(2)), run(False, null, jax.random.key(2))
+  clean = run(False, params, sample, timestep, labels, jax.random.key(2))
+  all_null = run(False, params, sample, timestep, null, jax.random.key(2))
   assert np.abs(np.asarray(clean - all_null)).max() > 1e-3
   # Training at p = 0.5: each example keeps its label or takes the null one, and both happen among 64.
-  dropped_out = np.asarray(run(True, labels, jax.random.key(3)))
+  dropped_out = np.asarray(run(True, params, sample, timestep, labels, jax.random.key(3)))
   kept = np.all(np.isclose(dropped_out, clean, atol=1e-5), axis=(1, 2, 3))
   dropped = np.all(np.isclose(dropped_out, all_null, atol=1e-5), axis=(1, 2, 3))
   assert np.all(kept | dropped) and 0 < kept.sum() < 64

@@ -70,13 +70,13 @@ def test_logits_match_transformers(llava):
   _, reference, module, params, _ = llava
   ids, mask = _prompts(0)
   pixels = np.random.default_rng(0).standard_normal((2, 32, 32, 3)).astype(np.float32)
-  logits = jax.jit(lambda p, i, m, x: module.apply({'params': p}, i, attention_mask=m, pixel_values=x).logits)(
-      params, ids, mask, pixels)
+  forward = jax.jit(lambda p, i, m, x: module.apply({'params': p}, i, attention_mask=m, pixel_values=x).logits)
+  logits = forward(params, ids, mask, pixels)
   expected = _hf_logits(reference, ids, mask, pixels)
   real = mask.astype(bool)
   assert_close_torch(np.asarray(logits)[real], expected[real])
-  # The images matter: other pixels give other logits after the image tokens.
-  other = module.apply({'params': params}, ids, attention_mask=mask, pixel_values=pixels[::-1]).logits
+  # The images matter: other pixels give other logits after the image tokens (the same program, not op by op).
+  other = forward(params, ids, mask, pixels[::-1])
   assert not np.allclose(np.asarray(other)[real], expected[real], atol=1e-3)
 
 
@@ -93,7 +93,8 @@ def test_the_training_forward_equals_the_inference_forward(llava):
   batch = dict(input_ids=jnp.asarray(ids), attention_mask=jnp.asarray(mask), pixel_values=jnp.asarray(pixels),
                tap_index=jnp.asarray(index), tap_weight=jnp.asarray(weight))
   trained = jax.jit(logits_fn(module))(params, batch)
-  inferred = module.apply({'params': params}, ids, attention_mask=mask, pixel_values=pixels[:, 0]).logits
+  inferred = jax.jit(lambda p, i, m, x: module.apply({'params': p}, i, attention_mask=m, pixel_values=x).logits)(
+      params, ids, mask, pixels[:, 0])  # jitted: one compile instead of one per operation
   real = mask.astype(bool)
   assert_close_programs(np.asarray(trained)[real], np.asarray(inferred)[real])
 

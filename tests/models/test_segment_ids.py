@@ -29,7 +29,7 @@ def test_a_packed_row_equals_its_documents(scan):
   docs = [jnp.asarray(rng.integers(0, 32, (1, n)), jnp.int32) for n in LENGTHS]
   packed = jnp.concatenate([*docs, jnp.zeros((1, 3), jnp.int32)], axis=1)
   segments = jnp.asarray([[1] * LENGTHS[0] + [2] * LENGTHS[1] + [0] * 3], jnp.int32)
-  params = nn.unbox(LlamaForCausalLM(CONFIG).init(jax.random.key(0), packed)['params'])
+  params = nn.unbox(jax.jit(LlamaForCausalLM(CONFIG).init)(jax.random.key(0), packed)['params'])  # one compile
   params = stack_layers(params) if scan else params
 
   def loss(p, ids, segment_ids=None):
@@ -50,10 +50,12 @@ def test_a_packed_row_equals_its_documents(scan):
 def test_padding_equals_unpadded_and_segments_refuse_a_cache():
   module = LlamaForCausalLM(CONFIG)
   ids = jnp.asarray(np.random.default_rng(1).integers(0, 32, (1, 6)), jnp.int32)
-  params = nn.unbox(module.init(jax.random.key(0), ids)['params'])
+  params = nn.unbox(jax.jit(module.init)(jax.random.key(0), ids)['params'])
   padded = jnp.concatenate([jnp.zeros((1, 2), jnp.int32), ids], axis=1)
   mask = jnp.asarray([[0, 0] + [1] * 6])
-  got = module.apply({'params': params}, padded, attention_mask=mask).logits[:, 2:]
-  assert_close_programs(got, module.apply({'params': params}, ids).logits)
+  # Jitted: one compile per forward instead of one per operation.
+  forward = jax.jit(lambda p, x, m: module.apply({'params': p}, x, attention_mask=m).logits)
+  got = forward(params, padded, mask)[:, 2:]
+  assert_close_programs(got, forward(params, ids, None))
   with pytest.raises(ValueError, match='segment_ids .* without a cache'):
     module.apply({'params': params}, ids, segment_ids=jnp.ones_like(ids), cache=init_cache(CONFIG, 1, 8))

@@ -54,11 +54,19 @@ def reference(tmp_path_factory):
   return workdir
 
 
-def test_resume_after_step_10_is_bitwise_exact(reference, tmp_path):
-  workdir = str(tmp_path / 'resumed')
+@pytest.fixture(scope='module')
+def stopped_at_10(tmp_path_factory):
+  """A run of the same config stopped by --stop_after_step=10 (checkpoint at 10); tests resume copies of it."""
+  workdir = str(tmp_path_factory.mktemp('stopped') / 'run')
   first = run_launch(workdir, *FLAGS, '--stop_after_step=10')
   assert first.returncode == 0, first.stderr[-3000:]
   assert max(read_metrics(workdir)) == 10
+  return workdir
+
+
+def test_resume_after_step_10_is_bitwise_exact(reference, stopped_at_10, tmp_path):
+  workdir = str(tmp_path / 'resumed')
+  shutil.copytree(stopped_at_10, workdir)
   second = run_launch(workdir, *FLAGS)
   assert second.returncode == 0, second.stderr[-3000:]
   assert 'Resumed from the checkpoint at step 10' in second.stderr
@@ -96,11 +104,10 @@ def test_sigkill_at_several_points_then_resume_is_exact(reference, tmp_path):
   _assert_same_run(reference, workdir)
 
 
-def test_half_written_checkpoint_is_ignored(reference, tmp_path):
+def test_half_written_checkpoint_is_ignored(reference, stopped_at_10, tmp_path):
   """A save interrupted mid-write leaves only a temporary directory, which restore skips."""
   workdir = str(tmp_path / 'partial')
-  first = run_launch(workdir, *FLAGS, '--stop_after_step=10')
-  assert first.returncode == 0, first.stderr[-3000:]
+  shutil.copytree(stopped_at_10, workdir)
   ckpts = os.path.join(workdir, 'checkpoints')
   partial = os.path.join(ckpts, '15.orbax-checkpoint-tmp')
   shutil.copytree(os.path.join(ckpts, '10'), partial)

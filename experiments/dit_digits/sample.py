@@ -25,9 +25,10 @@ import numpy as np
 from absl import logging
 from PIL import Image
 
-from experiments.dit_digits.model import CHANNELS, NUM_CLASSES, make_denoise_fn, make_model
+from experiments.dit_digits.model import CHANNELS, NUM_CLASSES, make_model
 from experiments.dit_digits.quality import DigitsClassifier
 from mmjax.diffusion import Scheduler, cfg, from_diffusers_config, sample
+from mmjax.diffusion.class_conditional import make_denoise_fn
 from mmjax.weights import read_workdir_params
 
 

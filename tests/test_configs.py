@@ -15,7 +15,7 @@ ARGS = {
     'coverbench': {'prompt': ('zero_shot', 'cot')},
     'dit_digits': {},
     'ipadapter_instruct': {},
-    'object_images': {},
+    'object_images': {'stage': ('null2geo',)},
     'llava_onevision': {'size': ('0.5b', '7b', '72b'), 'stage': ('stage1', 'stage1.5', 'si', 'ov')},
     'mmiu': {},
     'vit_digits': {},

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import json
 import os
+import threading
 import zipfile
 import zlib
 from collections.abc import Sequence
@@ -236,6 +237,11 @@ class OmageH5Source:
     return f'OmageH5Source({str(self.h5_path)!r}, split={self.split!r}, {len(self)} shapes, C={self.channels})'
 
 
+# np.load parses .npy headers with ast.literal_eval, which is not thread-safe on Python 3.11 < 3.11.8 (Grain's reader
+# threads crashed with "AST constructor recursion depth mismatch"); reads of npz files are serialised.
+_NPZ_LOCK = threading.Lock()
+
+
 def load_npz_omage(path: str | os.PathLike) -> np.ndarray:
   """The omage [R, R, 12] (uint16 or float, as stored) of an npz file's 'arr_0'.
 
@@ -244,19 +250,25 @@ def load_npz_omage(path: str | os.PathLike) -> np.ndarray:
   """
   path = Path(path)
   try:
-    data = np.load(path, allow_pickle=False)
-    if not isinstance(data, np.lib.npyio.NpzFile):
-      raise OmageDataError(f'{path} holds a single array, not an npz archive with key \'arr_0\'')
-    with data:
-      if 'arr_0' not in data.files:
-        raise OmageDataError(f"npz file {path} has no key 'arr_0' (keys: {data.files})")
-      array = data['arr_0']
+    with _NPZ_LOCK:
+      array = _read_arr_0(path)
   except OmageDataError:
     raise
   except (OSError, EOFError, ValueError, zipfile.BadZipFile, zlib.error) as e:  # missing, truncated or foreign
     raise OmageDataError(f'cannot read npz file {path}: {type(e).__name__}: {e}') from e
   _check_omage(array, path, "'arr_0'")
   return array
+
+
+def _read_arr_0(path: Path) -> np.ndarray:
+  """'arr_0' of the npz file at `path` (OmageDataError for a plain .npy file or a missing key)."""
+  data = np.load(path, allow_pickle=False)
+  if not isinstance(data, np.lib.npyio.NpzFile):
+    raise OmageDataError(f'{path} holds a single array, not an npz archive with key \'arr_0\'')
+  with data:
+    if 'arr_0' not in data.files:
+      raise OmageDataError(f"npz file {path} has no key 'arr_0' (keys: {data.files})")
+    return data['arr_0']
 
 
 def pool_to(omage: np.ndarray, size: int, path: str | os.PathLike) -> np.ndarray:

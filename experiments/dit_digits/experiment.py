@@ -11,21 +11,18 @@ import jax.numpy as jnp
 import ml_collections
 
 from experiments.dit_digits.data import UpsampledDigits
-from experiments.dit_digits.model import CHANNELS, diffusion_loss, make_model, make_tables
+from experiments.dit_digits.model import CHANNELS, diffusion_loss, dit_config, make_model, make_tables
 from experiments.dit_digits.sample import sample_program
 from mmjax.data import make_eval_pipeline, make_pipeline
+from mmjax.models.dit import train_flops_per_example
 from mmjax.train import Context, Experiment
 
 PROGRAMS = {'sample': sample_program}
 
 
 def flops_per_example(config: ml_collections.ConfigDict) -> float:
-  """Matmul FLOPs of one training example, forward + backward (3x forward)."""
-  m = config.model
-  tokens = (config.data.image_size // m.patch) ** 2
-  per_block = 2 * tokens * 12 * m.width ** 2 + 4 * tokens ** 2 * m.width + 2 * 6 * m.width ** 2
-  embed = 2 * tokens * m.patch ** 2 * CHANNELS * m.width * (1 + 2 * m.learn_sigma)
-  return 3.0 * (m.depth * per_block + embed)
+  """Matmul FLOPs of one training example, forward + backward."""
+  return train_flops_per_example(dit_config(config))
 
 
 def _experiment(config: ml_collections.ConfigDict, train_data, test_src: UpsampledDigits | None) -> Experiment:

@@ -8,12 +8,11 @@ channel, trained by guided-diffusion's learned-range variational bound (DiT's lo
 from __future__ import annotations
 
 import jax
-import jax.numpy as jnp
 import ml_collections
 
 from mmjax.diffusion import class_conditional
 from mmjax.diffusion.losses import DiffusionTables
-from mmjax.models.dit import DiT, DiTConfig
+from mmjax.models.dit import DiT, DiTConfig, dit_for_training
 
 NUM_CLASSES = 10
 CHANNELS = 1  # grayscale digits
@@ -30,12 +29,9 @@ def dit_config(config: ml_collections.ConfigDict) -> DiTConfig:
 
 
 def make_model(config: ml_collections.ConfigDict) -> DiT:
-  if config.remat_policy not in ('none', 'full'):
-    raise ValueError(f"config.remat_policy={config.remat_policy!r}: the DiT rematerialises whole blocks, "
-                     "choose 'none' or 'full'")
-  return DiT(dit_config(config), class_dropout_prob=config.model.class_dropout,
-             remat=config.remat_policy == 'full', dtype=jnp.dtype(config.compute_dtype),
-             param_dtype=jnp.dtype(config.param_dtype))
+  return dit_for_training(dit_config(config), class_dropout=config.model.class_dropout,
+                          remat_policy=config.remat_policy, compute_dtype=config.compute_dtype,
+                          param_dtype=config.param_dtype)
 
 
 def make_tables(config: ml_collections.ConfigDict) -> DiffusionTables:

@@ -17,7 +17,7 @@ from experiments.object_images.data import ABO_CLASSES, GlbFolderSource, OmageH5
 from experiments.object_images.smoke import smoke_set
 from mmjax.data import make_pipeline
 from mmjax.diffusion import class_conditional
-from mmjax.models.dit import DiT, DiTConfig
+from mmjax.models.dit import DiT, DiTConfig, dit_for_training, train_flops_per_example
 from mmjax.train import Experiment
 
 GEOMETRY_CHANNELS = 4  # position xyz, occupancy
@@ -37,12 +37,9 @@ def dit_config(config: ml_collections.ConfigDict) -> DiTConfig:
 
 
 def make_model(config: ml_collections.ConfigDict) -> DiT:
-  if config.remat_policy not in ('none', 'full'):
-    raise ValueError(f"config.remat_policy={config.remat_policy!r}: the DiT rematerialises whole blocks, "
-                     "choose 'none' or 'full'")
-  return DiT(dit_config(config), class_dropout_prob=config.model.class_dropout,
-             remat=config.remat_policy == 'full', dtype=jnp.dtype(config.compute_dtype),
-             param_dtype=jnp.dtype(config.param_dtype))
+  return dit_for_training(dit_config(config), class_dropout=config.model.class_dropout,
+                          remat_policy=config.remat_policy, compute_dtype=config.compute_dtype,
+                          param_dtype=config.param_dtype)
 
 
 def init_inputs(config: ml_collections.ConfigDict) -> tuple[jax.Array, jax.Array, jax.Array]:
@@ -101,12 +98,8 @@ def source_labels(source: Any) -> list[int]:
 
 
 def flops_per_example(config: ml_collections.ConfigDict) -> float:
-  """Matmul FLOPs of one training example, forward + backward (3x forward)."""
-  m = config.model
-  tokens = (config.data.size // m.patch) ** 2
-  per_block = 2 * tokens * 12 * m.width ** 2 + 4 * tokens ** 2 * m.width + 2 * 6 * m.width ** 2
-  embed = 2 * tokens * m.patch ** 2 * GEOMETRY_CHANNELS * m.width * (1 + 2 * m.learn_sigma)
-  return 3.0 * (m.depth * per_block + embed)
+  """Matmul FLOPs of one training example, forward + backward."""
+  return train_flops_per_example(dit_config(config))
 
 
 def experiment(config: ml_collections.ConfigDict, train_data: Any) -> Experiment:

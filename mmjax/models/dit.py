@@ -265,3 +265,23 @@ class DiT(nn.Module):
 def _xavier_conv(key: jax.Array, shape: tuple[int, ...], dtype: DTypeLike = jnp.float32) -> jax.Array:
   """Xavier-uniform on the patch conv [p, p, C, E] viewed as a linear [p * p * C, E] (as DiT initialises it)."""
   return _xavier(key, (shape[0] * shape[1] * shape[2], shape[3]), dtype).reshape(shape)
+
+
+def dit_for_training(config: DiTConfig, *, class_dropout: float, remat_policy: str, compute_dtype: DTypeLike,
+                     param_dtype: DTypeLike) -> DiT:
+  """The DiT a trainer config describes (remat_policy 'none' or 'full': the DiT rematerialises whole blocks)."""
+  if remat_policy not in ('none', 'full'):
+    raise ValueError(f"config.remat_policy={remat_policy!r}: the DiT rematerialises whole blocks, choose 'none' or "
+                     "'full'")
+  return DiT(config, class_dropout_prob=class_dropout, remat=remat_policy == 'full', dtype=jnp.dtype(compute_dtype),
+             param_dtype=jnp.dtype(param_dtype))
+
+
+def train_flops_per_example(config: DiTConfig) -> float:
+  """Matmul FLOPs of one training example, forward + backward (3x forward): per block the QKV/O and MLP matmuls
+  (12 E² per token), attention (4 T² E) and the adaLN modulation (6 E²); the patch embedding and output layer."""
+  width, patch = config.inner_dim, config.patch_size
+  tokens = (config.sample_size // patch) ** 2
+  per_block = 2 * tokens * 12 * width ** 2 + 4 * tokens ** 2 * width + 2 * 6 * width ** 2
+  embed = 2 * tokens * patch ** 2 * width * (config.in_channels + config.output_channels)
+  return 3.0 * (config.num_layers * per_block + embed)

@@ -17,8 +17,11 @@ $(VENV)/.deps: requirements.txt | $(BIN)/python
 	$(BIN)/python -m pip install --quiet -r requirements.txt
 	touch $@
 
+# open-clip-torch only for the real CLIP BPE vocabulary its wheel ships (a tokenizer test reads the file); without
+# its dependencies, since torchvision has no build for the pinned torch and would replace it.
 $(VENV)/.test-deps: requirements-test.txt $(VENV)/.deps
 	$(BIN)/python -m pip install --quiet -r requirements-test.txt
+	$(BIN)/python -m pip install --quiet --no-deps open-clip-torch==3.3.0
 	touch $@
 
 # mmjax itself, editable: the clone's sources are what gets imported. Dependencies come from the stamps above.

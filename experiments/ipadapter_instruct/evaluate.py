@@ -36,9 +36,9 @@ from PIL import Image
 from experiments.ipadapter_instruct import metrics, tiny
 from experiments.ipadapter_instruct.checkpoint import AdapterWeights, load_adapter, split_unet
 from experiments.ipadapter_instruct.data import TASK_QUERIES, Record, read_records, smoke_dataset
-from experiments.ipadapter_instruct.pipeline import QUERIES, InstructPipeline, sd15_resampler_config
+from experiments.ipadapter_instruct.pipeline import QUERIES, InstructPipeline, load_sd_for_adapter
 from mmjax.models.clip import CLIPTextModelWithProjection
-from mmjax.models.sd15 import StableDiffusionPipeline, load_pipeline
+from mmjax.models.sd15 import StableDiffusionPipeline
 from mmjax.weights import read_workdir_params
 from mmjax.weights.workdir import finished_steps
 
@@ -87,8 +87,7 @@ def load_evaluated_pipeline(config: ml_collections.ConfigDict, workdir: str) -> 
   if _smoke(config):
     sd, resampler = tiny.tiny_pipeline(config.seed), tiny.TINY_RESAMPLER
   elif config.pipeline:
-    sd = load_pipeline(config.pipeline, dtype, scheduler=dict(tiny.SCHEDULER))
-    resampler = sd15_resampler_config(sd)
+    sd, resampler = load_sd_for_adapter(config.pipeline, dtype)
   else:
     raise ValueError('config.pipeline is empty: evaluation needs the diffusers SD1.5 folder (with image_encoder/) the '
                      'adapter was trained on (--config.pipeline=DIR), or variant=smoke.')

@@ -124,6 +124,25 @@ def sd15_resampler_config(sd: StableDiffusionPipeline) -> ResamplerConfig:
                          text_dim=sd.text_encoder.config.hidden_size)
 
 
+def _check_image_encoder(directory: Path) -> None:
+  if not (directory / 'image_encoder').is_dir():
+    raise ValueError(f'{directory}: the pipeline has no image_encoder/ folder; IPAdapter-Instruct needs its image '
+                     'encoder there (a CLIPVisionModelWithProjection: laion/CLIP-ViT-H-14-laion2B-s32B-b79K for '
+                     'SD1.5).')
+
+
+def load_sd_for_adapter(pipeline_dir: str | os.PathLike, dtype: DTypeLike = jnp.float32,
+                        resampler_config: ResamplerConfig | None = None
+                        ) -> tuple[StableDiffusionPipeline, ResamplerConfig]:
+  """(the SD1.5 stack of a diffusers folder with image_encoder/, with the spec's DDIM scheduler whatever scheduler/
+  holds; the resampler config its adapter has: `resampler_config`, or the official SD1.5 one sized from it)."""
+  directory = Path(pipeline_dir)
+  if directory.is_dir():
+    _check_image_encoder(directory)
+  sd = load_pipeline(directory, dtype, scheduler=dict(SCHEDULER))
+  return sd, resampler_config or sd15_resampler_config(sd)
+
+
 def random_adapter(sd: StableDiffusionPipeline, resampler_config: ResamplerConfig, seed: int) -> AdapterWeights:
   """Random adapter weights for `sd` (tiny.random_params' draws: the smoke runs and tests, not a trained model)."""
   unet = sd.unet.clone(extra_token_sets=1)
@@ -200,15 +219,12 @@ class InstructPipeline:
     Raises ValueError naming the folder when image_encoder/ is missing, FileNotFoundError for a missing adapter
     file, and load_pipeline's / load_adapter's errors (naming the component or the mismatched keys).
     """
-    directory, adapter_file = Path(pipeline_dir), Path(adapter_file)
-    if directory.is_dir() and not (directory / 'image_encoder').is_dir():
-      raise ValueError(f'{directory}: the pipeline has no image_encoder/ folder; IPAdapter-Instruct needs its image '
-                       'encoder there (a CLIPVisionModelWithProjection: laion/CLIP-ViT-H-14-laion2B-s32B-b79K for '
-                       'SD1.5).')
+    adapter_file = Path(adapter_file)
+    if Path(pipeline_dir).is_dir():
+      _check_image_encoder(Path(pipeline_dir))
     if not adapter_file.is_file():
       raise FileNotFoundError(f'{adapter_file}: no such adapter file.')
-    sd = load_pipeline(directory, dtype, scheduler=dict(SCHEDULER))
-    config = resampler_config or sd15_resampler_config(sd)
+    sd, config = load_sd_for_adapter(pipeline_dir, dtype, resampler_config)
     return cls.from_parts(sd, config, load_adapter(adapter_file, sd.unet.config, config, dtype=dtype))
 
   def ip_tokens(self, pixels: jax.Array, instructions: str | Sequence[str],

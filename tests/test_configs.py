@@ -18,6 +18,7 @@ ARGS = {
     'object_images': {'stage': ('null2geo',)},
     'llava_onevision': {'size': ('0.5b', '7b', '72b'), 'stage': ('stage1', 'stage1.5', 'si', 'ov')},
     'mmiu': {},
+    'sense': {'benchmark': ('spider', 'bird')},
     'vit_digits': {},
 }
 BENCHMARKS = {'coverbench', 'mmiu'}

@@ -72,6 +72,13 @@ def _read_exactly(fd: int, size: int) -> bytes:
   return b''.join(chunks)
 
 
+NO_QUERY = 'no query: the SQL is blank, a comment, or a statement that returns no result set'
+
+
+class _NoQuery(Exception):
+  """A PostgreSQL statement that ran but returned no result set (blank, comment-only, SET ...)."""
+
+
 def run_sqlite(db: str, sql: str, timeout_s: float, max_rows: int) -> tuple:
   """(ok, rows, error, error_kind, seconds) of `sql` on the SQLite file `db`, read-only."""
   try:
@@ -118,6 +125,8 @@ class _SqliteDatabase:
     cursor = self.conn.cursor()
     try:
       cursor.execute(sql)
+      if cursor.description is None:  # blank or comment-only SQL: no statement ran (writes are denied earlier)
+        return False, [], NO_QUERY, 'syntax', time.monotonic() - start
       rows = _fetch_capped(cursor, max_rows)
     except MemoryError:
       return False, [], 'out of memory', 'runtime', time.monotonic() - start
@@ -197,9 +206,13 @@ def run_postgres(dsn: str, sql: str, timeout_s: float, max_rows: int) -> tuple:
     else:
       with conn.cursor() as cursor:
         cursor.execute(sql, prepare=True)
-        rows = _fetch_capped(cursor, max_rows) if cursor.description else []
+        if cursor.description is None:
+          raise _NoQuery
+        rows = _fetch_capped(cursor, max_rows)
   except MemoryError:
     rows, error = None, ('out of memory', 'runtime')
+  except _NoQuery:
+    rows, error = None, (NO_QUERY, 'syntax')
   except psycopg.Error as e:
     rows, error = None, ((str(e).strip().splitlines() or [type(e).__name__])[0], _postgres_kind(e))
   else:

@@ -59,6 +59,8 @@ def test_execute_returns_what_sqlite_returns(db, sql):
 
 @pytest.mark.parametrize('sql, kind', [
     ('SELEC name FROM customers', 'syntax'),
+    ('', 'syntax'),  # an empty prediction never matches an empty gold result
+    ('  -- only a comment\n', 'syntax'),
     ('SELECT nope FROM customers', 'syntax'),
     ('SELECT * FROM missing_table', 'syntax'),
     ('SELECT abs(-9223372036854775807 - 1)', 'runtime'),

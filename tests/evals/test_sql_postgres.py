@@ -49,6 +49,8 @@ def test_values_keep_their_types(server):
     ("COPY orders TO '/tmp/mmjax-evil.csv'", 'denied'),
     ("SELECT pg_read_file('/etc/passwd')", 'denied'),
     ('SELEC 1', 'syntax'),
+    ('', 'syntax'),
+    ('-- only a comment', 'syntax'),
     ('SELECT nope FROM orders', 'syntax'),
     ('SELECT 1 / 0', 'runtime'),
     ('SELECT pg_sleep(30)', 'timeout'),
@@ -71,7 +73,8 @@ def test_nothing_changed(server):
 
 
 def test_a_query_cannot_lift_the_timeout_for_the_next(server):
-  assert execute(server.reader_dsn, 'SET statement_timeout = 0').ok
+  lifted = execute(server.reader_dsn, 'SET statement_timeout = 0')  # ran, but returns no result set
+  assert (lifted.ok, lifted.error_kind) == (False, 'syntax')
   result = execute(server.reader_dsn, 'SELECT pg_sleep(30)', timeout_s=TIMEOUT_S)
   assert result.error_kind == 'timeout'
 

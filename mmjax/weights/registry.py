@@ -7,7 +7,7 @@ layout name the caller gives.
 from collections.abc import Mapping
 from typing import Any
 
-from mmjax.weights import clip, dit, llama, llava, llava_onevision, qwen2, siglip, unet, vae
+from mmjax.weights import clip, dit, llama, llava, llava_onevision, pvt_v2, qwen2, siglip, unet, vae, vggish
 from mmjax.weights.key_map import Layout, ModelSpec
 
 MODEL_SPECS: dict[str, ModelSpec] = {
@@ -17,6 +17,7 @@ MODEL_SPECS: dict[str, ModelSpec] = {
     'llama': llama.SPEC,
     'llava': llava.SPEC,
     'llava_onevision': llava_onevision.SPEC,
+    'pvt_v2': pvt_v2.SPEC,
     'qwen2': qwen2.SPEC,
     'siglip_vision_model': siglip.SPEC,
     'siglip': siglip.SIGLIP_MODEL_SPEC,
@@ -40,8 +41,10 @@ LAYOUTS: dict[str, Layout] = {
     'llama': llama.layout_key_map,
     'llava': llava.layout_key_map,
     'llava_onevision': llava_onevision.layout_key_map,
+    'pvt_v2': pvt_v2.layout_key_map,
     'qwen2': qwen2.layout_key_map,
     'siglip_vision_model': siglip.layout_key_map,
+    'torchvggish': vggish.layout_key_map,  # the released VGGish state dict (torchvggish's names)
 }
 
 

@@ -19,6 +19,7 @@ ARGS = {
     'llava_onevision': {'size': ('0.5b', '7b', '72b'), 'stage': ('stage1', 'stage1.5', 'si', 'ov')},
     'mmiu': {},
     'sense': {'benchmark': ('spider', 'bird')},
+    'structeval': {},
     'vit_digits': {},
 }
 BENCHMARKS = {'coverbench', 'mmiu'}

@@ -3,6 +3,9 @@
 A request is (question index, steps so far): the policy continues it by one step, the verifier scores
 each of its steps. Search code never sees tokens or caches; the engine-backed implementations live in
 `policy.py`, scripted ones in the tests.
+
+A step's text ends with the step delimiter when one ended it (so ''.join(steps) is the solution text); the step
+that ends a solution (EOS) carries no end-of-sequence marker.
 """
 from __future__ import annotations
 

@@ -1,19 +1,28 @@
 """The embedded smoke dataset: scikit-learn's bundled 8x8 handwritten digits (1797 images, no download)."""
 import functools
+import importlib.util
 import os
 from pathlib import Path
 
 import numpy as np
 from PIL import Image
-from sklearn.datasets import load_digits
 
 
 @functools.cache
 def _all_digits() -> tuple[np.ndarray, np.ndarray]:
   """Images float32 [1797, 8, 8, 1] in [0, 1] and labels int32 [1797], read-only."""
-  digits = load_digits()
-  images = (digits.images / 16.0).astype(np.float32)[..., None]
-  labels = digits.target.astype(np.int32)
+  # The CSV that sklearn.datasets.load_digits() reads (64 pixels 0..16 and the label per row), read without
+  # importing scikit-learn, which would add seconds to the start of every launch.py run on the digits. Its place
+  # inside the package is not public API: where it is gone, load_digits() reads it.
+  csv = Path(importlib.util.find_spec('sklearn').origin).parent / 'datasets' / 'data' / 'digits.csv.gz'
+  if csv.is_file():
+    rows = np.loadtxt(csv, delimiter=',')
+  else:
+    from sklearn.datasets import load_digits
+    digits = load_digits()
+    rows = np.concatenate([digits.data, digits.target[:, None]], axis=1)
+  images = (rows[:, :-1].reshape(-1, 8, 8) / 16.0).astype(np.float32)[..., None]
+  labels = rows[:, -1].astype(np.int32)
   images.flags.writeable = False
   labels.flags.writeable = False
   return images, labels

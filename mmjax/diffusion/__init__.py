@@ -4,19 +4,17 @@
 sampler's `step` takes the step index traced, so `sample(denoise_fn, params, scheduler, noise, guidance=...)` runs
 a whole trajectory as one `lax.fori_loop` under `jax.jit`. Losses live in `mmjax.diffusion.losses`.
 """
-from mmjax.diffusion.config import from_diffusers_config
-from mmjax.diffusion.guidance import Guidance, cfg, combine
-from mmjax.diffusion.respacing import respace_betas, space_timesteps
-from mmjax.diffusion.sample import sample
-from mmjax.diffusion.schedulers import (
-  DDIMScheduler,
-  DDPMScheduler,
-  DPMSolverMultistepScheduler,
-  EulerDiscreteScheduler,
-  Scheduler,
-)
-from mmjax.diffusion.schedules import alphas_cumprod, make_betas
+from mmjax import lazy_exports
 
-__all__ = ['DDIMScheduler', 'DDPMScheduler', 'DPMSolverMultistepScheduler', 'EulerDiscreteScheduler', 'Guidance',
-           'Scheduler', 'alphas_cumprod', 'cfg', 'combine', 'from_diffusers_config', 'make_betas', 'respace_betas',
-           'sample', 'space_timesteps']
+# submodule -> the names it exports; a name's submodule is imported on its first use (mmjax.lazy_exports)
+_EXPORTS = {
+  'config': ('from_diffusers_config',),
+  'guidance': ('Guidance', 'cfg', 'combine'),
+  'respacing': ('respace_betas', 'space_timesteps'),
+  'sample': ('sample',),
+  'schedulers': ('DDIMScheduler', 'DDPMScheduler', 'DPMSolverMultistepScheduler', 'EulerDiscreteScheduler',
+                 'Scheduler'),
+  'schedules': ('alphas_cumprod', 'make_betas'),
+}
+__all__ = [name for names in _EXPORTS.values() for name in names]
+__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)

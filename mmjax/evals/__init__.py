@@ -6,23 +6,25 @@ saved responses; both write workdir/summary.json, summary.md and summary.png. A 
 starts from `benchmark_config()`, and its experiment module declares `PROGRAMS = benchmark_programs(task)`:
 the `launch.py --mode generate|score` programs every benchmark shares.
 """
-from mmjax.evals.benchmark import Benchmark
-from mmjax.evals.choice import clean_response, match_choice, parse_options
-from mmjax.evals.config import benchmark_config, check_benchmark_config
-from mmjax.evals.fitting import subsample_images, truncate_left
-from mmjax.evals.guess import GuessResponder
-from mmjax.evals.metrics import accuracy, binary_f1, group_accuracy, group_mean, macro_f1, mean
-from mmjax.evals.programs import BenchmarkTask, benchmark_programs, run_generate, run_score
-from mmjax.evals.prompt import Prompt, Responder, fits
-from mmjax.evals.records import read_records
-from mmjax.evals.report import Chart, Scores, Table, write_reports
-from mmjax.evals.responses import ResponseLog, check_ids, format_ids, read_responses
-from mmjax.evals.runner import evaluate, generate, score_file
+from mmjax import lazy_exports
 
-__all__ = [
-    'Benchmark', 'BenchmarkTask', 'Chart', 'GuessResponder', 'Prompt', 'Responder', 'ResponseLog', 'Scores', 'Table',
-    'accuracy', 'benchmark_config', 'benchmark_programs', 'binary_f1', 'check_benchmark_config', 'check_ids',
-    'clean_response', 'evaluate', 'fits', 'format_ids', 'generate', 'group_accuracy', 'group_mean', 'macro_f1',
-    'match_choice', 'mean', 'parse_options', 'read_records', 'read_responses', 'run_generate', 'run_score',
-    'score_file', 'subsample_images', 'truncate_left', 'write_reports',
-]
+# submodule -> the names it exports; a name's submodule is imported on its first use (mmjax.lazy_exports)
+_EXPORTS = {
+  'benchmark': ('Benchmark',),
+  'choice': ('clean_response', 'match_choice', 'parse_options'),
+  'config': ('benchmark_config', 'check_benchmark_config'),
+  'fitting': ('subsample_images', 'truncate_left'),
+  'guess': ('GuessResponder',),
+  'math_grader': ('Disagreement', 'extract_boxed', 'grade_answer', 'grader_disagreements'),
+  'metrics': ('accuracy', 'binary_f1', 'group_accuracy', 'group_mean', 'macro_f1', 'mean'),
+  'programs': ('BenchmarkTask', 'benchmark_programs', 'run_generate', 'run_score'),
+  'prompt': ('Prompt', 'Responder', 'fits'),
+  'records': ('read_records',),
+  'report': ('Chart', 'Scores', 'Table', 'write_reports'),
+  'responses': ('ResponseLog', 'check_ids', 'format_ids', 'read_responses'),
+  'runner': ('evaluate', 'generate', 'score_file'),
+  'sql_pool': ('ExecResult', 'SqlPool'),
+  'text2sql': ('Verdict', 'bird_verdict', 'score_bird', 'score_spider', 'spider_hardness', 'spider_verdict'),
+}
+__all__ = [name for names in _EXPORTS.values() for name in names]
+__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)

@@ -6,14 +6,19 @@
 
 Its command line, `python -m mmjax.generate.cli` (batch JSONL and chat), is not imported here.
 """
-from mmjax.generate.adapters import DecoderAdapter, Qwen2Adapter, as_adapter, register_adapter
-from mmjax.generate.beam_search import Hypothesis, beam_search
-from mmjax.generate.compiles import compile_counts
-from mmjax.generate.generate import Completion, generate, stream
-from mmjax.generate.llava import LlavaAdapter, LlavaOnevisionAdapter
-from mmjax.generate.score import score
-from mmjax.generate.session import Session, prefill
+from mmjax import lazy_exports
+from mmjax.generate import llava  # noqa: F401  registers the LLaVA adapters that as_adapter looks up
 
-__all__ = ['Completion', 'DecoderAdapter', 'Hypothesis', 'LlavaAdapter', 'LlavaOnevisionAdapter', 'Qwen2Adapter',
-           'Session', 'as_adapter', 'beam_search', 'compile_counts', 'generate', 'prefill', 'register_adapter', 'score',
-           'stream']
+# submodule -> the names it exports; a name's submodule is imported on its first use (mmjax.lazy_exports)
+_EXPORTS = {
+  'adapters': ('DecoderAdapter', 'Qwen2Adapter', 'as_adapter', 'register_adapter'),
+  'beam_search': ('Hypothesis', 'beam_search'),
+  'compiles': ('compile_counts',),
+  'generate': ('Completion', 'generate', 'stream'),
+  'llava': ('LlavaAdapter', 'LlavaOnevisionAdapter'),
+  'score': ('score',),
+  'session': ('Session', 'prefill'),
+  'steps': ('NewStep', 'Paths', 'RoundCounts', 'StepGenerator'),
+}
+__all__ = [name for names in _EXPORTS.values() for name in names]
+__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)

@@ -1,26 +1,24 @@
 """mmjax.models: architectures shared by several experiments."""
-from mmjax.models.clip import (
-  CLIPTextConfig,
-  CLIPTextModel,
-  CLIPTextModelWithProjection,
-  CLIPVisionConfig,
-  CLIPVisionModel,
-  CLIPVisionModelWithProjection,
-)
-from mmjax.models.dit import DiT, DiTConfig
-from mmjax.models.kv_cache import KVCache, init_cache
-from mmjax.models.llama import LlamaConfig, LlamaForCausalLM
-from mmjax.models.llava import LlavaConfig, LlavaForConditionalGeneration
-from mmjax.models.llava_onevision import LlavaOnevisionConfig, LlavaOnevisionForConditionalGeneration
-from mmjax.models.llava_processor import LlavaOnevisionProcessor
-from mmjax.models.qwen2 import CausalLMOutput, Qwen2Config, Qwen2ForCausalLM
-from mmjax.models.siglip import SiglipVisionConfig, SiglipVisionModel
-from mmjax.models.unet import UNet2DConditionConfig, UNet2DConditionModel
-from mmjax.models.vae import AutoencoderKL, AutoencoderKLConfig, DiagonalGaussian
+from mmjax import lazy_exports
 
-__all__ = ['AutoencoderKL', 'AutoencoderKLConfig', 'CLIPTextConfig', 'CLIPTextModel', 'CLIPTextModelWithProjection',
-           'CLIPVisionConfig', 'CLIPVisionModel', 'CLIPVisionModelWithProjection', 'CausalLMOutput', 'DiT', 'DiTConfig',
-           'DiagonalGaussian', 'KVCache', 'LlamaConfig', 'LlamaForCausalLM', 'LlavaConfig',
-           'LlavaForConditionalGeneration', 'LlavaOnevisionConfig', 'LlavaOnevisionForConditionalGeneration',
-           'LlavaOnevisionProcessor', 'Qwen2Config', 'Qwen2ForCausalLM', 'SiglipVisionConfig', 'SiglipVisionModel',
-           'UNet2DConditionConfig', 'UNet2DConditionModel', 'init_cache']
+# submodule -> the names it exports; a name's submodule is imported on its first use (mmjax.lazy_exports)
+_EXPORTS = {
+  'clip': ('CLIPTextConfig', 'CLIPTextModel', 'CLIPTextModelWithProjection', 'CLIPVisionConfig', 'CLIPVisionModel',
+           'CLIPVisionModelWithProjection'),
+  'dit': ('DiT', 'DiTConfig'),
+  'kv_cache': ('KVCache', 'init_cache'),
+  'llama': ('LlamaConfig', 'LlamaForCausalLM'),
+  'llava': ('LlavaConfig', 'LlavaForConditionalGeneration'),
+  'llava_onevision': ('LlavaOnevisionConfig', 'LlavaOnevisionForConditionalGeneration'),
+  'llava_processor': ('LlavaOnevisionProcessor',),
+  'prm': ('RewardModel', 'from_decoder', 'from_decoder_params', 'step_scores'),
+  'pvt_v2': ('PvtV2Config', 'PvtV2Model'),
+  'qwen2': ('CausalLMOutput', 'Qwen2Config', 'Qwen2ForCausalLM'),
+  'resnet': ('ResNet', 'ResNetConfig'),
+  'siglip': ('SiglipVisionConfig', 'SiglipVisionModel'),
+  'unet': ('UNet2DConditionConfig', 'UNet2DConditionModel'),
+  'vae': ('AutoencoderKL', 'AutoencoderKLConfig', 'DiagonalGaussian'),
+  'vggish': ('VGGish', 'int16_to_float', 'log_mel_examples'),
+}
+__all__ = [name for names in _EXPORTS.values() for name in names]
+__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)

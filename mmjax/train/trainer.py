@@ -37,7 +37,7 @@ from mmjax.train.sharding import batch_sharding, logical_shardings, rules_from_c
 from mmjax.train.state import TrainState, select, union
 from mmjax.train.step import default_train_step
 from mmjax.train.workdir_lock import LOCK_NAME, workdir_lock
-from mmjax.weights import WeightsMismatchError, initial_params
+from mmjax.weights.source import WeightsMismatchError
 
 __all__ = ['Context', 'Experiment', 'TrainSetup', 'evaluate', 'evaluate_checkpoint', 'load_experiment',
            'restore_checkpoint', 'restore_or_init', 'run_steps', 'train_and_evaluate']
@@ -331,6 +331,7 @@ def restore_or_init(setup: TrainSetup, ckpt: ckpt_lib.Checkpointer, *,
   params = None
   rng = jax.random.PRNGKey(config.seed)
   if config.get('init_from'):
+    from mmjax.weights import initial_params  # imports every model's key map: only runs that start from weights
     abstract = jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
                             setup.abstract_state.params, setup.param_shardings)
     init_rng = jax.random.split(rng)[0]  # the key _init_state gives a fresh init: uncovered leaves match it

@@ -5,15 +5,18 @@ load_into: fill a parameter tree from a workdir, an orbax params checkpoint, an 
 initial_params: a model's start from a mapping of subtrees to sources, the rest initialised randomly.
 read_workdir_params: the latest parameters of a trainer workdir (its EMA where kept).
 """
-from mmjax.weights.compose import initial_params
-from mmjax.weights.convert import hf_to_orbax, orbax_to_hf
-from mmjax.weights.key_map import KeyMap, ModelSpec, Target, Transform
-from mmjax.weights.load import load_into, open_source
-from mmjax.weights.pretrained import from_pretrained, save_pretrained
-from mmjax.weights.registry import DIFFUSERS_SPECS, LAYOUTS, MODEL_SPECS
-from mmjax.weights.source import WeightsFileError, WeightsMismatchError
-from mmjax.weights.workdir import WorkdirStep, read_workdir_params
+from mmjax import lazy_exports
 
-__all__ = ['DIFFUSERS_SPECS', 'LAYOUTS', 'MODEL_SPECS', 'KeyMap', 'ModelSpec', 'Target', 'Transform',
-           'WeightsFileError', 'WeightsMismatchError', 'WorkdirStep', 'from_pretrained', 'hf_to_orbax',
-           'initial_params', 'load_into', 'open_source', 'orbax_to_hf', 'read_workdir_params', 'save_pretrained']
+# submodule -> the names it exports; a name's submodule is imported on its first use (mmjax.lazy_exports)
+_EXPORTS = {
+  'compose': ('initial_params',),
+  'convert': ('hf_to_orbax', 'orbax_to_hf'),
+  'key_map': ('KeyMap', 'ModelSpec', 'Target', 'Transform'),
+  'load': ('load_into', 'open_source'),
+  'pretrained': ('from_pretrained', 'save_pretrained'),
+  'registry': ('DIFFUSERS_SPECS', 'LAYOUTS', 'MODEL_SPECS'),
+  'source': ('WeightsFileError', 'WeightsMismatchError'),
+  'workdir': ('WorkdirStep', 'read_workdir_params'),
+}
+__all__ = [name for names in _EXPORTS.values() for name in names]
+__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)

@@ -445,7 +445,8 @@ def test_smoke_run_learns_the_shapes(tmp_path):
   from tests.train.launcher import run_launch
   from tests.train.metrics_io import read_metrics
   workdir = tmp_path / 'run'
-  proc = run_launch(workdir, config='configs/llava_onevision.py:size=0.5b,stage=ov,variant=smoke', timeout=600)
+  proc = run_launch(workdir, config='configs/llava_onevision.py:size=0.5b,stage=ov,variant=smoke', timeout=600,
+                    optimize=True)  # 400 steps: XLA's optimised code saves more than its compile costs
   assert proc.returncode == 0, proc.stderr[-3000:]
   summary = json.loads(proc.stdout)
   losses = [row['loss'] for _, row in sorted(read_metrics(str(workdir)).items())]

@@ -152,7 +152,7 @@ def test_sigint_after_the_last_step_skips_the_final_eval_and_a_rerun_does_it(tmp
   assert again['eval'] == {'probe/one': 1.0} and calls == [1]
 
 
-def _wait_for_step(workdir, step, proc, timeout=120):
+def _wait_for_step(workdir, step, proc, timeout=300):  # start-up alone can take minutes on a loaded machine
   path = os.path.join(workdir, 'metrics.jsonl')
   deadline = time.time() + timeout
   while time.time() < deadline and proc.poll() is None:

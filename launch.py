@@ -39,7 +39,8 @@ from collections.abc import Callable, Mapping, Sequence
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-PROGRAMS = ('train', 'eval', 'compile', 'sample', 'generate', 'evaluate', 'encode', 'convert', 'score', 'n2g2m', 'ppl')
+PROGRAMS = ('train', 'eval', 'compile', 'sample', 'generate', 'evaluate', 'encode', 'convert', 'score', 'n2g2m', 'ppl',
+            'label', 'train_prm', 'search', 'select', 'plots', 'generate_struct', 'contaminate')
 
 _CONFIG = config_flags.DEFINE_config_file('config', None, 'configs/<exp>.py[:args]', lock_config=True)
 _WORKDIR = flags.DEFINE_string('workdir', None, 'Directory for checkpoints, metrics, responses and reports.')

@@ -23,6 +23,7 @@ of them (c-box/StructEval struct_benchmark/struct_data/...).
 """
 import ml_collections
 
+from experiments.structeval import settings
 from mmjax.evals.config import benchmark_config
 from mmjax.train.config import parse_arg
 
@@ -32,4 +33,6 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c = benchmark_config('experiments.structeval.experiment', arg.variant)
   c.include_seeds = False  # True: the seed questions follow the Struct items (ids n..n+seeds-1), for the seed views
   c.max_new_tokens = 32  # generate: the prompt asks for the option letter
+  c.generation = ml_collections.ConfigDict(settings.GENERATION)  # --mode generate_struct (see settings.py)
+  c.contamination = ml_collections.ConfigDict(settings.CONTAMINATION)  # --mode contaminate
   return c

@@ -3,7 +3,7 @@
 Strong data (spec section 1, stage 1): a generator writes one new data point per prompt, at a target difficulty, in
 the format of 2 random examples: Domain, Schema (CREATE TABLE statements), Question, Answer (SQL). A generator is
 any callable `prompts -> completions` (the suite's own model through mmjax.generate, wrapped to that signature) or
-`OpenAIChatGenerator(url)`, any OpenAI-compatible chat/completions endpoint over urllib. Each completion is parsed,
+`OpenAIChatGenerator(url)` (mmjax.evals.openai_client), any OpenAI-compatible endpoint. Each completion is parsed,
 its schema built in a scratch SQLite file (`build_schema_db`: an authorizer allows only table/index/view creation
 and row writes, no ATTACH, PRAGMA or triggers; a deadline and a size cap), its SQL run there through the sandboxed
 executor (mmjax.evals.sql), and it is dropped, counted by reason, if any step fails or it repeats an earlier item.
@@ -17,7 +17,6 @@ Pairs share the prompt; at most `pairs_per_question` per question (1: the releas
 """
 from __future__ import annotations
 
-import concurrent.futures
 import contextlib
 import dataclasses
 import itertools
@@ -29,13 +28,12 @@ import shutil
 import sqlite3
 import tempfile
 import time
-import urllib.error
-import urllib.request
 from collections import Counter
 from collections.abc import Callable, Iterator, Sequence
 
 from experiments.sense import data
 from mmjax.evals import text2sql
+from mmjax.evals.openai_client import OpenAIChatGenerator  # noqa: F401 (synthesis.OpenAIChatGenerator)
 from mmjax.evals.sql import ExecResult, SqlPool
 
 DIFFICULTIES = ('easy', 'medium', 'hard')
@@ -105,54 +103,6 @@ def strong_prompt(examples: Sequence[SeedExample], difficulty: str) -> str:
       '4. Answer: one correct SQLite query that answers the question.\n'
       'Reply with exactly these four fields in the format of the examples (Domain:, Schema:, Question:, Answer:) '
       'and nothing else.')
-
-
-class OpenAIChatGenerator:
-  """A `Generator` over any OpenAI-compatible endpoint: POST <url>/chat/completions, one user message per prompt.
-
-  url: the API base (e.g. http://localhost:8000/v1) or the full .../chat/completions address. A connection error,
-  timeout, HTTP 408/429/5xx or a reply without choices[0].message.content is retried `retries` times (waiting
-  backoff_s, doubling), then gives None; any other HTTP error (a wrong URL, model or key) raises at once.
-  `concurrency` requests run in parallel threads.
-  """
-
-  def __init__(self, url: str, model: str, *, api_key: str = '', temperature: float = 0.8, max_tokens: int = 1024,
-               timeout_s: float = 120.0, retries: int = 2, backoff_s: float = 1.0, concurrency: int = 1):
-    url = url.rstrip('/')
-    self.endpoint = url if url.endswith('/chat/completions') else url + '/chat/completions'
-    self.model, self.api_key, self.temperature, self.max_tokens = model, api_key, temperature, max_tokens
-    self.timeout_s, self.retries, self.backoff_s, self.concurrency = timeout_s, retries, backoff_s, concurrency
-
-  def __call__(self, prompts: Sequence[str]) -> list[str | None]:
-    if self.concurrency <= 1:
-      return [self.complete(p) for p in prompts]
-    with concurrent.futures.ThreadPoolExecutor(self.concurrency) as pool:
-      return list(pool.map(self.complete, prompts))
-
-  def complete(self, prompt: str) -> str | None:
-    """The completion of one prompt, or None when every attempt failed."""
-    body = json.dumps({'model': self.model, 'messages': [{'role': 'user', 'content': prompt}],
-                       'temperature': self.temperature, 'max_tokens': self.max_tokens}).encode()
-    headers = {'Content-Type': 'application/json'}
-    if self.api_key:
-      headers['Authorization'] = f'Bearer {self.api_key}'
-    for attempt in range(self.retries + 1):
-      if attempt:
-        time.sleep(self.backoff_s * 2 ** (attempt - 1))
-      request = urllib.request.Request(self.endpoint, data=body, headers=headers, method='POST')
-      try:
-        with urllib.request.urlopen(request, timeout=self.timeout_s) as response:
-          content = json.load(response)['choices'][0]['message']['content']
-      except urllib.error.HTTPError as e:
-        if e.code not in (408, 429) and e.code < 500:
-          raise RuntimeError(f'{self.endpoint}: HTTP {e.code} {e.reason}; check the URL, the model name '
-                             f'({self.model!r}) and the API key') from None
-        continue
-      except (urllib.error.URLError, OSError, ValueError, KeyError, IndexError, TypeError):
-        continue
-      if isinstance(content, str):
-        return content
-    return None
 
 
 _FIELD = re.compile(r'^[ \t]*[#*]*[ \t]*(domain|schema|question|answer|sql)[ \t]*\**[ \t]*:[ \t]*\**[ \t]*',

@@ -55,4 +55,17 @@ def run_ppl(config: ml_collections.ConfigDict, workdir: str) -> dict:
   return run_generate(PPL_TASK, config, workdir, responder=responder)
 
 
-PROGRAMS = {**benchmark_programs(TASK), 'ppl': run_ppl}
+def run_generate_struct(config: ml_collections.ConfigDict, workdir: str) -> dict:
+  """The generation pipeline (generation.py; imported here on use: it loads models)."""
+  from experiments.structeval.generation import run_generate_struct as run
+  return run(config, workdir)
+
+
+def run_contamination(config: ml_collections.ConfigDict, workdir: str) -> dict:
+  """The contamination experiment (contamination.py; imported here on use: it loads the trainer)."""
+  from experiments.structeval.contamination import run_contamination as run
+  return run(config, workdir)
+
+
+PROGRAMS = {**benchmark_programs(TASK), 'ppl': run_ppl, 'generate_struct': run_generate_struct,
+            'contaminate': run_contamination}

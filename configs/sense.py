@@ -1,7 +1,11 @@
-"""SENSE (text-to-SQL, arXiv 2408.03256): score SQL predictions with the Spider test-suite metric or BIRD EX.
+"""SENSE (text-to-SQL, arXiv 2408.03256): score SQL predictions with the Spider test-suite metric or BIRD EX, and
+train a decoder with SFT then DPO / cDPO on execution-labelled pairs.
 
-get_config('benchmark=spider|bird,variant=default|smoke'); the program is launch.py's --mode: score (the default).
-The issue's `mode=eval` config argument is --mode score here: in mmjax the program is always --mode.
+get_config('benchmark=spider|bird,variant=default|smoke,stage=|sft|dpo'); the program is launch.py's --mode: score
+(no stage), train (stage=sft|dpo; SFT, then DPO from the SFT workdir) and generate (greedy SQL for a dev set from
+a training workdir's checkpoint, scored as --mode score; the issue's `mode=generate_eval`). The issue's `mode=eval`
+config argument is --mode score here: in mmjax the program is always --mode. experiments/sense/README.md has the
+training commands.
 
   # Spider dev, plain EX on the original databases: P holds one SQL per line, in dev_gold.sql's order
   python launch.py --config configs/sense.py:benchmark=spider --mode score --workdir runs/sense_spider_dev \
@@ -18,20 +22,23 @@ The issue's `mode=eval` config argument is --mode score here: in mmjax the progr
 import ml_collections
 
 from mmjax.evals.config import VARIANTS
-from mmjax.train.config import parse_arg
+from mmjax.train.config import base_config, parse_arg
 
 BENCHMARKS = ('spider', 'bird')
 # The official evaluators' per-query timeouts (test-suite: 60 s, BIRD meta_time_out: 30 s); ours preempt.
 TIMEOUT_S = {'spider': 60.0, 'bird': 30.0}
+STAGES = ('', 'sft', 'dpo')
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
-  arg = parse_arg(arg, variant='default', benchmark='spider')
+  arg = parse_arg(arg, variant='default', benchmark='spider', stage='')
   if arg.variant not in VARIANTS:
     raise ValueError(f"variant must be one of {', '.join(VARIANTS)}, got {arg.variant!r}")
   if arg.benchmark not in BENCHMARKS:
     raise ValueError(f"benchmark must be one of {', '.join(BENCHMARKS)}, got {arg.benchmark!r}")
-  c = ml_collections.ConfigDict()
+  if arg.stage not in STAGES:
+    raise ValueError(f"stage must be sft or dpo (training) or empty (score-only), got {arg.stage!r}")
+  c = base_config() if arg.stage else ml_collections.ConfigDict()
   c.experiment = 'experiments.sense.experiment'
   c.variant = arg.variant  # 'smoke': a generated tree in workdir/smoke_data replaces data_dir and predictions
   c.benchmark = arg.benchmark
@@ -49,4 +56,66 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.memory_mb = 2048  # address-space limit of each SQL worker process
   c.workers = 0  # SQL worker processes; 0 = one per CPU
   c.progress_bar = True
+  if arg.stage:
+    _training(c, arg.stage, arg.variant)
   return c
+
+
+def _training(c: ml_collections.ConfigDict, stage: str, variant: str) -> None:
+  """The keys of the SFT and DPO stages (spec section 2 defaults; the smoke's tiny model has its own rates)."""
+  c.stage = stage
+  # SFT data: ';'-separated layout:folder entries; spider (train_spider.json + database/), bird (train.json +
+  # train_databases/), synth (synthesis.synthesize_strong's out_dir: train_synth.json + database/).
+  c.train_sets = ''
+  c.seq_len = 1024  # tokens of prompt + SQL + EOS; longer prompts lose their oldest tokens
+  c.max_new_tokens = 256  # generate: the SQL's token budget
+  c.example_rows = 0  # example rows per table in the CREATE TABLE prompt
+  c.model = ml_collections.ConfigDict()
+  c.model.hf_dir = ''  # an HF Qwen2 folder (config.json, safetensors, tokenizer.json); '' = the tiny smoke model
+  c.model.hidden_size = 64  # the tiny model (hf_dir = ''), random init with the word tokenizer
+  c.model.intermediate_size = 128
+  c.model.num_hidden_layers = 2
+  c.model.num_attention_heads = 4
+  c.model.num_key_value_heads = 2
+  c.tokenizer_min_count = 1  # the word tokenizer: words seen fewer times are spelled out in characters
+  # dpo: set init_from to the SFT workdir: the policy starts from its latest checkpoint, and the frozen reference's
+  # log-probs (and the smoke's tokenizer) come from the same checkpoint.
+  c.dpo = ml_collections.ConfigDict()
+  c.dpo.beta = 0.1
+  c.dpo.label_smoothing = 0.0  # cDPO's ε (0.1 in the released pipeline); 0 is plain DPO
+  c.dpo.pairs = ''  # a JSONL of pairs (db_id, question, evidence, prompt, chosen, rejected; synthesis.weak_sample)
+  c.dpo.db_dir = ''  # the pairs' database root (<db_dir>/<db>/<db>.sqlite); only to rebuild prompts
+  c.dpo.n_samples = 8  # smoke: weak (mutator) samples per training question
+  c.dpo.pairs_per_question = 1  # the released "grouped-any-limit1" pair set
+  c.total_steps = 3000
+  c.batch_size = 32
+  c.log_every = 50
+  c.eval_every = 0
+  c.ckpt_every = 1000
+  c.keep_ckpts = 1
+  c.optim.weight_decay = 0.0
+  c.optim.clip_norm = 1.0
+  c.optim.schedule = 'cosine'
+  if stage == 'sft':
+    c.optim.lr = 2e-5  # spec: 2e-5 for 3 epochs, cosine, 3% warmup (7B/13B models)
+    c.optim.warmup_steps = 90
+  else:
+    c.optim.lr = 1e-6  # spec: 5e-7 to 1e-6 for 1-2 epochs (7B/13B models)
+    c.optim.warmup_steps = 10
+    c.total_steps = 1000
+  # variant=smoke: the generated world (experiments/sense/smoke.py write_smoke_world) trained and evaluated on
+  c.smoke = ml_collections.ConfigDict({'n_domains': 5, 'n_parents': 14, 'per_template': 10, 'dev_fraction': 0.2})
+  if variant == 'smoke':
+    c.seq_len = 128
+    c.max_new_tokens = 48
+    c.batch_size = 16
+    c.log_every = 20
+    c.ckpt_every = 400
+    c.workers = 2
+    c.progress_bar = False
+    c.dpo.pairs_per_question = 4  # the smoke's few questions: more pairs per question
+    # A tiny random-init model needs rates far above a 7B model's: 3e-3 for SFT, 1e-5 for DPO (1e-4 over-optimised
+    # the training pairs and lost held-out accuracy; README).
+    c.optim.lr = 3e-3 if stage == 'sft' else 1e-5
+    c.optim.warmup_steps = 20 if stage == 'sft' else 5
+    c.total_steps = 500 if stage == 'sft' else 100

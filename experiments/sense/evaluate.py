@@ -28,7 +28,7 @@ def _first_file(what: str, candidates: list[str]) -> str:
   raise FileNotFoundError(f"no {what}: none of {', '.join(candidates)} exists")
 
 
-def _paths(config: ml_collections.ConfigDict, data_dir: str) -> dict[str, str]:
+def dataset_paths(config: ml_collections.ConfigDict, data_dir: str) -> dict[str, str]:
   """The gold file and database root the config names, or the layout's defaults under data_dir."""
   if not data_dir and not (config.gold and config.db_dir):
     raise ValueError('set --config.data_dir to the dataset folder (or both --config.gold and --config.db_dir)')
@@ -77,7 +77,7 @@ def _levels(config: ml_collections.ConfigDict, gold_path: str, gold: list[tuple[
 
 def score(config: ml_collections.ConfigDict, workdir: str, data_dir: str, predictions: str) -> dict:
   """Scores `predictions` against the dataset under data_dir; writes the reports into workdir; the summary."""
-  paths = _paths(config, data_dir)
+  paths = dataset_paths(config, data_dir)
   gold = data.read_gold_file(paths['gold'])
   preds = _predictions(config, predictions)
   data.check_counts(paths['gold'], len(gold), predictions, len(preds))

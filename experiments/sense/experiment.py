@@ -1,9 +1,13 @@
-"""SENSE text-to-SQL (arXiv 2408.03256): `launch.py --config configs/sense.py:benchmark=spider|bird --mode score`.
+"""SENSE text-to-SQL (arXiv 2408.03256): `launch.py --config configs/sense.py:... --mode score|train|generate`.
 
 score (the default): scores a prediction file in the official format against Spider (test-suite accuracy by
 hardness) or BIRD (EX by difficulty); see evaluate.py. variant=smoke: a small generated tree in the official layout
 (two databases, each with a neighbour database for the test suite) and predictions that are right (rewrites of the
 gold), wrong or failing, written into workdir/smoke_data and scored.
+train (configs/sense.py:stage=sft|dpo): SFT on prompt-masked SQL targets (train.py), then DPO / cDPO from the SFT
+workdir on execution-labelled pairs (dpo.py), both through the shared trainer.
+generate: greedy SQL for a Spider or BIRD split from a training workdir's checkpoint, scored as score mode
+(generate.py).
 """
 from __future__ import annotations
 
@@ -14,6 +18,7 @@ import random
 import ml_collections
 
 from experiments.sense import data, evaluate
+from experiments.sense.generate import run_generate
 
 SMOKE_SCHEMAS = {
     'shop': ['CREATE TABLE customer (id INTEGER PRIMARY KEY, name TEXT, city TEXT)',
@@ -98,4 +103,28 @@ def run_score(config: ml_collections.ConfigDict, workdir: str) -> dict:
   return evaluate.score(config, workdir, data_dir, predictions)
 
 
-PROGRAMS = {'score': run_score}
+def _launch_flag(name: str, default):
+  """launch.py's value of the trainer flag `name` (--stop_after_step, --restore_step, --allow_config_change), or
+  `default` where that flag is not defined (a program called from Python)."""
+  from absl import flags
+  return flags.FLAGS[name].value if name in flags.FLAGS and flags.FLAGS.is_parsed() else default
+
+
+def run_train(config: ml_collections.ConfigDict, workdir: str) -> dict:
+  """Trains config.stage (sft or dpo) in workdir with the shared trainer. The stage prepares its inputs in the
+  workdir first (the smoke world, the tokenizer, DPO's pairs with their reference log-probs), which is why this
+  module runs the trainer itself rather than exposing make_experiment(config), which has no workdir."""
+  from experiments.sense import dpo, train
+  from mmjax.train import train_and_evaluate
+  stage = config.get('stage')
+  if stage not in ('sft', 'dpo'):
+    raise ValueError('--mode train needs a training stage: configs/sense.py:stage=sft (then stage=dpo with '
+                     '--config.init_from=the SFT workdir)')
+  experiment = (train.sft_experiment if stage == 'sft' else dpo.dpo_experiment)(config, workdir)
+  out = train_and_evaluate(config, workdir, experiment, stop_after_step=_launch_flag('stop_after_step', None),
+                           restore_step=_launch_flag('restore_step', None),
+                           allow_config_change=_launch_flag('allow_config_change', []))
+  return {'step': out['step'], 'eval': out['eval'], 'preempted': out['preempted']}
+
+
+PROGRAMS = {'score': run_score, 'train': run_train, 'generate': run_generate}

@@ -12,14 +12,17 @@ CONFIGS = sorted(p.stem for p in (Path(__file__).resolve().parents[1] / 'configs
                  if p.stem != '__init__')
 # Config arguments besides the variant, per config: every value each one takes.
 ARGS = {
+    'avesformer': {'task': ('s4', 'ms3', 'avss'), 'backbone': ('pvt_b0', 'pvt_b1', 'pvt_b2', 'pvt_b3', 'pvt_b4',
+                   'pvt_b5', 'r50'), 'recipe': ('avsegformer', 'combo'), 'decoder': ('avesformer', 'avsegformer')},
     'coverbench': {'prompt': ('zero_shot', 'cot')},
     'dit_digits': {},
     'ipadapter_instruct': {},
-    'object_images': {'stage': ('null2geo',)},
+    'object_images': {'stage': ('null2geo', 'geo2mat')},
     'llava_onevision': {'size': ('0.5b', '7b', '72b'), 'stage': ('stage1', 'stage1.5', 'si', 'ov')},
     'mmiu': {},
     'sense': {'benchmark': ('spider', 'bird')},
     'structeval': {},
+    'test_time_compute': {},
     'vit_digits': {},
 }
 BENCHMARKS = {'coverbench', 'mmiu'}

@@ -13,7 +13,9 @@ Layouts of the official release (3dlg-hcvc/omages, the Hugging Face dataset 3dlg
                      which is never loaded here: pass a meta json with the same columns), the Hugging Face folder
                      (<root>/data/<last char of id>/<id>/objamage_tensor.npz, `layout='hf'`) or `encode_folder`'s
                      output (the release layout); R > S is reduced by `omage.sparse_pool`.
-  `GlbFolderSource`  raw GLB files converted on the fly by `omage.mesh_to_omage`.
+  `GlbFolderSource`  raw GLB files converted on the fly by `omage.mesh_to_omage`, labelled by a meta json or by
+                     ABO's own metadata (3dmodels/metadata/3dmodels.csv.gz, listings/metadata/listings_<c>.json.gz;
+                     `read_abo_labels`).
 
 The meta json is pandas' orient='index' layout, {shape_id: {'success', 'cate_text', 'cate_id', 'path'}}, read with
 json. Splits reproduce the official code (3dlg-hcvc/omages src/data/abo_datasets/omg_dataset.py, generate_split):
@@ -149,6 +151,95 @@ def select_rows(meta: list[tuple[str, dict[str, Any]]], meta_path: str | os.Path
                            f'label in [0, {NULL_LABEL}] ({NULL_LABEL}: unlabelled)')
     rows.append((position, shape_id, row))
   return [rows[i] for i in split_positions(len(rows), split, split_ratio=split_ratio, seed=seed)]
+
+
+ABO_METADATA_SUFFIXES = ('.csv', '.csv.gz', '.json.gz')  # 3dmodels.csv(.gz), listings_<c>.json.gz
+
+
+def abo_class(value: Any) -> str:
+  """The ABO_CLASSES spelling of a category value: a name ('Book or journal', 'AIR_CONDITIONER': lower case,
+  underscores as spaces) or a listings-style list of {'value': name} (the first entry's)."""
+  if isinstance(value, list) and value and isinstance(value[0], dict):
+    value = value[0].get('value', '')
+  return ' '.join(str(value).replace('_', ' ').lower().split())
+
+
+def read_abo_labels(path: str | os.PathLike, *, category_key: str = 'product_type',
+                    id_key: str = '3dmodel_id') -> dict[str, tuple[str, int]]:
+  """{3D model id: (class name, label)} of ABO's metadata, the labels of raw GLB folders (<id>.glb).
+
+  `path` is a csv (3dmodels/metadata/3dmodels.csv.gz or a plain .csv, one row per model, columns `id_key` and
+  `category_key`) or ABO's listings (listings/metadata/listings_<c>.json.gz: one product per line; products without
+  `id_key` have no 3D model and are skipped, `category_key` may be a list of {'value': ...} as ABO's product_type
+  is). Category values name one of the 63 ABO_CLASSES (`abo_class`).
+
+  Raises:
+    FileNotFoundError: `path` is missing.
+    OmageDataError: an unreadable file, a csv without the two columns, or a row (named by its line number) with an
+      empty id, a category outside ABO_CLASSES, or a label that contradicts an earlier row of the same model.
+  """
+  import csv
+  import gzip
+
+  path = Path(path)
+  name = path.name.lower()
+  if not name.endswith(ABO_METADATA_SUFFIXES):
+    raise OmageDataError(f'ABO metadata {path}: expected a file ending in one of {ABO_METADATA_SUFFIXES}')
+  if not path.is_file():
+    raise FileNotFoundError(f'ABO metadata {path} does not exist')
+  opener = gzip.open if name.endswith('.gz') else open
+  labels: dict[str, tuple[str, int]] = {}
+  first_line: dict[str, int] = {}
+  try:
+    with opener(path, 'rt', encoding='utf-8', newline='') as f:
+      if name.endswith('.json.gz'):
+        rows = ((line, _json_line(path, line, text)) for line, text in enumerate(f, 1) if text.strip())
+      else:
+        reader = csv.DictReader(f)
+        missing = [k for k in (id_key, category_key) if k not in (reader.fieldnames or ())]
+        if missing:
+          raise OmageDataError(f'ABO metadata {path} has no column {missing} (columns: {reader.fieldnames}); set the '
+                               'category column with --config.data.label_column')
+        rows = ((reader.line_num, row) for row in reader)
+      for line, row in rows:
+        if not isinstance(row, dict):
+          raise OmageDataError(f'ABO metadata {path}, line {line}: expected a JSON object, got {type(row).__name__}')
+        shape_id = str(row.get(id_key) or '').strip()
+        if not shape_id:
+          if name.endswith('.json.gz'):
+            continue  # a listing without a 3D model
+          raise OmageDataError(f'ABO metadata {path}, line {line}: empty {id_key}')
+        cate_text = abo_class(row.get(category_key, ''))
+        if cate_text not in ABO_CLASSES:
+          raise OmageDataError(f'ABO metadata {path}, line {line} ({id_key} {shape_id!r}): {category_key} '
+                               f'{row.get(category_key)!r} is not one of the 63 ABO classes '
+                               '(experiments.object_images.data.ABO_CLASSES)')
+        label = (cate_text, ABO_CLASSES.index(cate_text))
+        if labels.setdefault(shape_id, label) != label:
+          raise OmageDataError(f'ABO metadata {path}, line {line}: {id_key} {shape_id!r} is {cate_text!r} here but '
+                               f'{labels[shape_id][0]!r} on line {first_line[shape_id]}')
+        first_line.setdefault(shape_id, line)
+  except (OSError, EOFError, UnicodeDecodeError, ValueError, csv.Error) as e:
+    if isinstance(e, OmageDataError):
+      raise
+    raise OmageDataError(f'cannot read ABO metadata {path}: {type(e).__name__}: {e}') from e
+  return labels
+
+
+def _json_line(path: Path, line: int, text: str) -> Any:
+  try:
+    return json.loads(text)
+  except ValueError as e:
+    raise OmageDataError(f'ABO metadata {path}, line {line}: not JSON ({e})') from e
+
+
+def read_labels(path: str | os.PathLike, *, category_key: str = 'product_type') -> dict[str, tuple[str, int]]:
+  """{shape id: (class name, label)} of a labels file: ABO's metadata (`read_abo_labels`, by the file's suffix) or a
+  meta json (its successful rows' cate_text and cate_id; see `read_meta`)."""
+  if Path(path).name.lower().endswith(ABO_METADATA_SUFFIXES):
+    return read_abo_labels(path, category_key=category_key)
+  return {shape_id: (row['cate_text'], row['cate_id'])
+          for _, shape_id, row in select_rows(read_meta(path), path, 'all')}
 
 
 def _check_channels(channels: int) -> int:
@@ -363,18 +454,21 @@ def glb_files(root: str | os.PathLike) -> list[Path]:
 class GlbFolderSource:
   """Examples {'omage': float32 [size, size, C] in [-1, 1], 'label': int32 []} of GLB files, each converted by
   `omage.mesh_to_omage` when read (about the cost of one encode per example: cache with `encode_folder` for
-  training). Labels are the meta json's cate_id of the file's stem (the shape id), or NULL_LABEL without a meta
-  json; with a meta json, files without a successful row are left out (their count is `num_unlabelled`).
+  training). Labels are those of the file's stem (the shape id) in `meta_path` (`read_labels`: a meta json, or
+  ABO's 3dmodels.csv.gz / listings_<c>.json.gz with the category in column `label_column`), or NULL_LABEL without
+  one; with labels, files without one are left out (their count is `num_unlabelled`).
   """
 
   def __init__(self, root: str | os.PathLike, *, meta_path: str | os.PathLike | None = None, split: str = 'all',
                size: int = 64, resolution: int = 1024, max_patches: int = 64, margin: float = 0.02,
-               channels: int = NUM_CHANNELS, split_ratio: float = 0.9, seed: int = 314):
+               channels: int = NUM_CHANNELS, split_ratio: float = 0.9, seed: int = 314,
+               label_column: str = 'product_type'):
     """Lists the files; `split` splits them in sorted order like `select_rows`.
 
     Raises:
-      FileNotFoundError: `root` is missing.
+      FileNotFoundError: `root` (or `meta_path`) is missing.
       ValueError: `root` holds no .glb file.
+      OmageDataError: a bad labels file (see `read_labels`).
     """
     self.root = Path(root)
     files = glb_files(self.root)
@@ -385,8 +479,8 @@ class GlbFolderSource:
     if meta_path is None:
       labelled = [(path, NULL_LABEL) for path in files]
     else:
-      ids = {shape_id: row['cate_id'] for _, shape_id, row in select_rows(read_meta(meta_path), meta_path, 'all')}
-      labelled = [(path, ids[path.stem]) for path in files if path.stem in ids]
+      ids = read_labels(meta_path, category_key=label_column)
+      labelled = [(path, ids[path.stem][1]) for path in files if path.stem in ids]
     self.num_unlabelled = len(files) - len(labelled)
     self.samples = [labelled[i] for i in split_positions(len(labelled), split, split_ratio=split_ratio, seed=seed)]
 

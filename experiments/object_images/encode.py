@@ -32,7 +32,7 @@ import numpy as np
 from absl import logging
 from tqdm import tqdm
 
-from experiments.object_images.data import NULL_LABEL, glb_files, load_glb, read_meta
+from experiments.object_images.data import NULL_LABEL, glb_files, load_glb, read_labels
 
 FILE_NAMES = {'npz': 'omage_tensor.npz', 'png': 'omage.png'}
 INDEX_NAME = 'index.json'
@@ -97,7 +97,7 @@ def _encode_or_error(glb: Path, out_file: Path, encode_args: dict[str, Any]) -> 
 def _labels(meta_path: str | os.PathLike | None) -> dict[str, tuple[str, int]]:
   if meta_path is None:
     return {}
-  return {shape_id: (row['cate_text'], row['cate_id']) for shape_id, row in read_meta(meta_path)}
+  return read_labels(meta_path)  # a meta json, or ABO's 3dmodels.csv.gz / listings_<c>.json.gz
 
 
 def encode_folder(glb_dir: str | os.PathLike, out_dir: str | os.PathLike, *, size: int = 64, resolution: int = 1024,
@@ -109,7 +109,7 @@ def encode_folder(glb_dir: str | os.PathLike, out_dir: str | os.PathLike, *, siz
     size, resolution, max_patches, margin: `omage.mesh_to_omage`'s (the release: 64, 1024, 64, 0.02).
     workers: processes encoding in parallel (spawned, so a parent holding JAX is safe); 1 encodes in this process.
     file_format: 'npz' or 'png'.
-    meta_path: a meta json whose cate_text / cate_id label the shape ids; None leaves them unlabelled.
+    meta_path: labels of the shape ids (`data.read_labels`: a meta json or ABO's metadata); None: unlabelled.
     overwrite: re-encode files whose output exists.
 
   Returns:
@@ -119,7 +119,7 @@ def encode_folder(glb_dir: str | os.PathLike, out_dir: str | os.PathLike, *, siz
   Raises:
     FileNotFoundError: `glb_dir` is missing.
     ValueError: `glb_dir` holds no .glb file, or a bad argument.
-    OmageDataError: `meta_path` cannot be read (see `data.read_meta`).
+    OmageDataError: `meta_path` cannot be read (see `data.read_labels`).
   """
   if file_format not in FILE_NAMES:
     raise ValueError(f"file_format must be 'npz' or 'png', got {file_format!r}")

@@ -110,18 +110,17 @@ def geo2mat_loss(model: Geo2MatUNet, params: Any, batch: dict[str, jax.Array], r
   return jnp.mean(mse * weight), {'mse': jnp.mean(mse), 'weight': jnp.mean(weight)}
 
 
-@functools.partial(jax.jit, static_argnames=('model', 'steps'))
+@functools.partial(jax.jit, static_argnames=('model', 'steps', 'cond_scale', 'dynamic_threshold'))
 def sample_materials(model: Geo2MatUNet, params: Any, geometry: jax.Array, labels: jax.Array, rng: jax.Array, *,
-                     steps: int = 1000, cond_scale: float | jax.Array = 1.0,
-                     dynamic_threshold: float | None = 0.95) -> jax.Array:
+                     steps: int = 1000, cond_scale: float = 1.0, dynamic_threshold: float | None = 0.95) -> jax.Array:
   """Materials [B, H, W, 5] in [-1, 1] for geometry [B, H, W, 4] (model space) and labels int [B]: imagen's
-  p_sample_loop over `steps` uniform steps of t from 1 to 0, one jitted lax.fori_loop. cond_scale != 1 runs the
-  class-dropped and conditional passes as one batch and guides v (imagen's forward_with_cond_scale)."""
+  p_sample_loop over `steps` uniform steps of t from 1 to 0, one jitted lax.fori_loop. cond_scale (static) != 1 runs
+  the class-dropped and conditional passes as one batch and guides v (imagen's forward_with_cond_scale)."""
   b, h, w, _ = geometry.shape
   noise_rng, step_rng = jax.random.split(rng)
   x = jax.random.normal(noise_rng, (b, h, w, model.config.channels), jnp.float32)
   times = jnp.linspace(1.0, 0.0, steps + 1, dtype=jnp.float32)
-  guided = not (isinstance(cond_scale, int | float) and cond_scale == 1)
+  guided = cond_scale != 1
   drop = jnp.concatenate([jnp.ones((b,), bool), jnp.zeros((b,), bool)]) if guided else jnp.zeros((b,), bool)
   branches = 2 if guided else 1
   geometry_in, labels_in = jnp.tile(geometry, (branches, 1, 1, 1)), jnp.tile(labels, branches)

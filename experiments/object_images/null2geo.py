@@ -61,7 +61,7 @@ def make_source(config: ml_collections.ConfigDict, channels: int = GEOMETRY_CHAN
   if d.source not in SOURCES:
     raise ValueError(f'config.data.source={d.source!r} is not one of {SOURCES}')
   if d.source == 'smoke':
-    root, index = smoke_set(d.smoke_dir, num_shapes=d.smoke_shapes, resolution=d.smoke_resolution,
+    root, index = smoke_set(d.smoke_dir, num_shapes=d.smoke_shapes, resolution=d.smoke_resolution, size=d.size,
                             margin=d.smoke_margin, seed=config.seed)
     files = OmageNpzSource(root, index, split='all', size=d.size, channels=channels)
     # Held in memory (a few MB): reading npz files from Grain's threads trips CPython 3.11.7's non-thread-safe
@@ -85,7 +85,7 @@ def make_source(config: ml_collections.ConfigDict, channels: int = GEOMETRY_CHAN
                      '(--mode encode) and train on its npz files')
   return GlbFolderSource(d.path, meta_path=d.meta_path or None, split=d.split, size=d.size,
                          resolution=config.encode.resolution, max_patches=config.encode.max_patches,
-                         margin=config.encode.margin, channels=channels)
+                         margin=config.encode.margin, channels=channels, label_column=d.label_column)
 
 
 def source_labels(source: Any) -> list[int]:

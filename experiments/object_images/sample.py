@@ -44,6 +44,7 @@ from experiments.object_images.null2geo import (
   make_source,
   source_labels,
 )
+from experiments.object_images.omage import ALBEDO, NUM_CHANNELS
 from experiments.object_images.pointnet import POINT_E, PointNet2, PointNet2Config, load_pointnet
 from mmjax.diffusion import Guidance, Scheduler, cfg, from_diffusers_config, sample
 from mmjax.diffusion.class_conditional import make_denoise_fn
@@ -107,10 +108,11 @@ def to_unit(omages: np.ndarray) -> np.ndarray:
 
 
 def write_preview(path: str, omages: np.ndarray, cols: int = 8, zoom: int = 2) -> None:
-  """omages [N, S, S, 4] in [0, 1] as one RGB PNG: per sample the position (RGB) and the occupancy side by side,
-  cols samples per row, a 2-pixel gap between cells."""
+  """omages [N, S, S, 4 or 12] in [0, 1] as one RGB PNG: per sample the position (RGB) and, side by side, the
+  occupancy (4 channels) or the albedo (12), cols samples per row, a 2-pixel gap between cells."""
   n, s = len(omages), omages.shape[1]
-  cells = np.concatenate([omages[..., :3], np.repeat(omages[..., 3:4], 3, axis=-1)], axis=2)  # [N, S, 2S, 3]
+  right = omages[..., ALBEDO] if omages.shape[-1] == NUM_CHANNELS else np.repeat(omages[..., 3:4], 3, axis=-1)
+  cells = np.concatenate([omages[..., :3], right], axis=2)  # [N, S, 2S, 3]
   cells = np.where(omages[..., 3:4].repeat(2, axis=2) > 0.5, cells, 0.0)  # background black in both halves
   rows = -(-n // cols)
   canvas = np.full((rows * (s + 2) - 2, min(n, cols) * (2 * s + 2) - 2, 3), 1.0, np.float32)

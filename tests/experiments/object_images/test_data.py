@@ -1,4 +1,5 @@
 """Object Images data: the loader transform, the released layouts' sources, splits, sharding and the GLB encoder."""
+import gzip
 import json
 import struct
 import zlib
@@ -258,3 +259,49 @@ def test_glb_folder_source_converts_on_read(glb_folder, tmp_path):
   np.testing.assert_array_equal(box['omage'], data.to_model(expected)[..., :4])
   with pytest.raises(data.OmageDataError, match='broken.glb'):
     source[names.index('broken')]
+
+
+def _gzip_text(path, text: str) -> None:
+  with gzip.open(path, 'wt', encoding='utf-8', newline='') as f:
+    f.write(text)
+
+
+def test_abo_metadata_labels_glb_folders(glb_folder, tmp_path):
+  """ABO's 3dmodels.csv.gz and listings json.gz label the GLB stems; a bad row is named by file and line."""
+  csv_gz = tmp_path / '3dmodels.csv.gz'
+  _gzip_text(csv_gz, '3dmodel_id,path,faces,category\nbox,x/box.glb,12,Cabinet\nsphere,e/sphere.glb,80,VASE\n'
+                     'other,r/other.glb,4,book_or_journal\n')
+  assert data.read_abo_labels(csv_gz, category_key='category') == {
+      'box': ('cabinet', 9), 'sphere': ('vase', 61), 'other': ('book or journal', 6)}
+  source = data.GlbFolderSource(glb_folder, meta_path=csv_gz, label_column='category', size=16, resolution=64,
+                                channels=4)
+  assert sorted((p.stem, label) for p, label in source.samples) == [('box', 9), ('sphere', 61)]
+  assert source.num_unlabelled == 2  # broken, cylinder
+  listings = tmp_path / 'listings_0.json.gz'
+  _gzip_text(listings, '{"item_id": "A1", "3dmodel_id": "box", "product_type": [{"value": "CABINET"}]}\n'
+                       '{"item_id": "A2", "product_type": [{"value": "SHOES"}]}\n\n'  # no 3D model: skipped
+                       '{"item_id": "A3", "3dmodel_id": "box", "product_type": [{"value": "CABINET"}]}\n')
+  assert data.read_labels(listings) == {'box': ('cabinet', 9)}
+  assert encode._labels(listings) == {'box': ('cabinet', 9)}
+
+  bad = tmp_path / 'bad.csv.gz'
+  _gzip_text(bad, '3dmodel_id,category\nbox,chair\nsphere,spaceship\n')
+  with pytest.raises(data.OmageDataError, match=r"bad.csv.gz, line 3 \(3dmodel_id 'sphere'\): category "
+                                                r"'spaceship' is not one of the 63 ABO classes"):
+    data.GlbFolderSource(glb_folder, meta_path=bad, label_column='category')
+  with pytest.raises(data.OmageDataError, match=r"bad.csv.gz has no column \['product_type'\].*label_column"):
+    data.read_abo_labels(bad)
+  _gzip_text(bad, '3dmodel_id,category\nbox,chair\n,table\n')
+  with pytest.raises(data.OmageDataError, match='bad.csv.gz, line 3: empty 3dmodel_id'):
+    data.read_abo_labels(bad, category_key='category')
+  _gzip_text(listings, '{"3dmodel_id": "box", "product_type": "chair"}\n{"3dmodel_id": "box", "product_type": '
+                       '"sofa"}\n{not json\n')
+  with pytest.raises(data.OmageDataError, match=r"listings_0.json.gz, line 2: 3dmodel_id 'box' is 'sofa' here "
+                                                r"but 'chair' on line 1"):
+    data.read_abo_labels(listings)
+  _gzip_text(listings, '{"3dmodel_id": "box", "product_type": "chair"}\n{not json\n')
+  with pytest.raises(data.OmageDataError, match='listings_0.json.gz, line 2: not JSON'):
+    data.read_abo_labels(listings)
+  (tmp_path / 'trunc.csv.gz').write_bytes(csv_gz.read_bytes()[:30])
+  with pytest.raises(data.OmageDataError, match='cannot read ABO metadata .*trunc.csv.gz'):
+    data.read_abo_labels(tmp_path / 'trunc.csv.gz', category_key='category')

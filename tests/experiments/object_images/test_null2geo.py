@@ -31,7 +31,8 @@ def test_config_is_the_spec_dit_b1():
   assert (o.name, o.lr, o.weight_decay, o.clip_norm, o.schedule, config.ema_decay) == ('adamw', 1e-4, 0, 0,
                                                                                         'constant', 0)
   assert (config.compute_dtype, config.batch_size) == ('bfloat16', 32)
-  assert list(launch.experiment_programs(experiment)) == ['train', 'eval', 'compile', 'encode', 'sample', 'evaluate']
+  assert list(launch.experiment_programs(experiment)) == ['train', 'eval', 'compile', 'encode', 'sample', 'evaluate',
+                                                          'n2g2m']
   with pytest.raises(ValueError, match="stage must be one of .*null2geo.*got 'geo3mat'"):
     object_images.get_config('stage=geo3mat')
 
@@ -84,7 +85,8 @@ def test_smoke_trains_samples_meshes_and_evaluates(tmp_path):
   out = summary['out_dir']
   with np.load(os.path.join(out, 'omages.npz')) as npz:
     omages, labels = npz['omages'], npz['labels']
-  assert omages.shape == (3, 64, 64, 4) and omages.min() >= 0 and omages.max() <= 1
+  s = config.data.size  # variant=smoke: 32² omages
+  assert omages.shape == (3, s, s, 4) and omages.min() >= 0 and omages.max() <= 1
   np.testing.assert_array_equal(labels, [0, 1, 2])  # the smoke classes (primitive kinds) cycled
   assert summary['step'] == 4 and len(summary['empty']) < 3
   for i, faces in enumerate(summary['faces']):
@@ -93,7 +95,7 @@ def test_smoke_trains_samples_meshes_and_evaluates(tmp_path):
       assert len(mesh.faces) == faces
       assert os.path.getsize(os.path.join(out, 'meshes', f'{i:03d}.obj')) > 0
   with Image.open(os.path.join(out, 'preview.png')) as preview:
-    assert preview.size == (2 * (3 * (2 * 64 + 2) - 2), 2 * 64)
+    assert preview.size == (2 * (3 * (2 * s + 2) - 2), 2 * s)
 
   result = experiment.PROGRAMS['evaluate'](config, workdir)
   assert [r['step'] for r in result['results']] == [2, 4]
@@ -108,8 +110,10 @@ def test_loss_has_mse_and_vb_on_four_channels():
   config.model.update(patch=8, width=32, depth=1, num_heads=2)
   exp, batch = experiment.abstract_experiment(config)
   params = jax.tree.map(lambda p: p + 0.01, nn.unbox(exp.init_params(jax.random.key(0))))  # leave adaLN-Zero
-  x0 = jnp.asarray(np.random.default_rng(0).choice([-1.0, 1.0], (2, 64, 64, 4)), jnp.float32)
+  s = config.data.size
+  x0 = jnp.asarray(np.random.default_rng(0).choice([-1.0, 1.0], (2, s, s, 4)), jnp.float32)
   loss, parts = jax.jit(exp.loss_fn)(params, {'omage': x0, 'label': jnp.array([0, 63])}, jax.random.key(1), 0)
-  assert batch['omage'].shape == (config.batch_size, 64, 64, 4)
+  assert batch['omage'].shape == (config.batch_size, s, s, 4)
   assert parts['vb'] > 0 and parts['mse'] > 0
   np.testing.assert_allclose(loss, parts['mse'] + parts['vb'], rtol=1e-6)
+

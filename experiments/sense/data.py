@@ -21,6 +21,8 @@ import re
 import sqlite3
 from collections.abc import Sequence
 
+from mmjax.evals.records import read_json, read_json_list
+
 BIRD_SEPARATOR = '\t----- bird -----\t'
 INSTRUCTION = 'Answer with one valid SQLite query and nothing else.'
 
@@ -36,14 +38,7 @@ class Text2SqlExample:
 
 
 def _load_json_list(path: str) -> list:
-  with open(path, encoding='utf-8') as f:
-    try:
-      data = json.load(f)
-    except json.JSONDecodeError as e:
-      raise ValueError(f'{path}: not valid JSON ({e})') from None
-  if not isinstance(data, list):
-    raise ValueError(f'{path}: expected a JSON list of examples, got {type(data).__name__}')
-  return data
+  return read_json_list(path, 'examples')
 
 
 def _fields(path: str, i: int, item: object, names: Sequence[str]) -> list:
@@ -106,11 +101,7 @@ def read_spider_predictions(path: str) -> list[str]:
 def read_bird_predictions(path: str) -> list[tuple[str, str]]:
   """(sql, db_id) per key 0..n-1 of BIRD's prediction JSON {"i": "SQL\\t----- bird -----\\tdb_id"}; a value that
   is not a string is an empty prediction, a string without the separator is all SQL (db_id '')."""
-  with open(path, encoding='utf-8') as f:
-    try:
-      data = json.load(f)
-    except json.JSONDecodeError as e:
-      raise ValueError(f'{path}: not valid JSON ({e})') from None
+  data = read_json(path)
   if not isinstance(data, dict):
     raise ValueError(f'{path}: BIRD predictions must be a JSON object {{"0": "SQL\\t----- bird -----\\tdb_id"}}')
   keys = sorted(data, key=lambda k: int(k) if str(k).isdigit() else -1)

@@ -26,8 +26,9 @@ from __future__ import annotations
 
 import collections
 import dataclasses
-import json
 import os
+
+from mmjax.evals.records import read_json_list
 
 LEVELS = ('remembering', 'understanding', 'applying', 'analyzing', 'evaluating', 'creating')
 # A level's key in the generator's files and ids (struct_generate/bloom_generation.py).
@@ -114,14 +115,7 @@ def _question(record, where: str) -> tuple[str, dict[str, str], str]:
 def _read_list(path: str) -> list:
   if not os.path.isfile(path):
     raise FileNotFoundError(f'{path}: no such StructEval file')
-  with open(path, encoding='utf-8') as f:
-    try:
-      data = json.load(f)
-    except json.JSONDecodeError as e:
-      raise ValueError(f'{path}: not valid JSON ({e})') from None
-  if not isinstance(data, list):
-    raise ValueError(f'{path}: expected a JSON list of seeds, got {type(data).__name__}')
-  return data
+  return read_json_list(path, 'seeds')
 
 
 def _bloom(record, where: str) -> list[tuple[dict, str]]:

@@ -29,12 +29,25 @@ def read_records(path: str, list_keys: tuple[str, ...] = ()) -> list[dict]:
   return records
 
 
-def _read_json(path: str, list_keys: tuple[str, ...]) -> list:
+def read_json(path: str | os.PathLike) -> object:
+  """The JSON value in `path`; ValueError naming the file when it is not valid JSON."""
   with open(path, encoding='utf-8') as f:
     try:
-      data = json.load(f)
+      return json.load(f)
     except json.JSONDecodeError as e:
       raise ValueError(f'{path}: not valid JSON ({e})') from None
+
+
+def read_json_list(path: str | os.PathLike, what: str) -> list:
+  """The JSON list in `path` (of `what`, for the error that names the file when it holds something else)."""
+  data = read_json(path)
+  if not isinstance(data, list):
+    raise ValueError(f'{path}: expected a JSON list of {what}, got {type(data).__name__}')
+  return data
+
+
+def _read_json(path: str, list_keys: tuple[str, ...]) -> list:
+  data = read_json(path)
   if isinstance(data, dict):
     key = next((k for k in list_keys if isinstance(data.get(k), list)), None)
     if key is None:

@@ -30,6 +30,7 @@ from experiments.test_time_compute.compute_optimal import (
 )
 from experiments.test_time_compute.labels import Labelled, complete, soft_labels
 from experiments.test_time_compute.policy import EnginePolicy, EngineVerifier
+from experiments.test_time_compute.protocols import Verifier
 from experiments.test_time_compute.search import Strategy
 from mmjax.models.prm import from_decoder
 
@@ -131,8 +132,31 @@ def train_prm_program(config: ml_collections.ConfigDict, workdir: str) -> dict[s
   if not train_rows or not val_rows:
     raise ValueError(f'{path}: too few labelled samples to train ({len(train_rows)}) and validate ({len(val_rows)}) '
                      'the PRM; raise data.label_questions or labels.samples.')
-  _, best = training.train_prm(config, os.path.join(workdir, 'prm'), train_rows, val_rows, _policy_params(workdir))
-  return _summary(workdir, 'prm', {**best, 'train_rows': len(train_rows), 'val_rows': len(val_rows)})
+  params, best = training.train_prm(config, os.path.join(workdir, 'prm'), train_rows, val_rows,
+                                    _policy_params(workdir))
+  verifier = EngineVerifier(from_decoder(training.policy_model(config)), params, encode=arithmetic.encode,
+                            questions=prompts)
+  held_out = [x for x in labelled if x.question in held]
+  return _summary(workdir, 'prm', {**best, 'train_rows': len(train_rows), 'val_rows': len(val_rows),
+                                   **step_separation(verifier, probs, held_out)})
+
+
+def step_separation(verifier: Verifier, probs: list[arithmetic.Problem], labelled: list[Labelled]
+                    ) -> dict[str, float]:
+  """How well the PRM's step scores separate right from wrong steps (`arithmetic.check_steps`, the exact checker) on
+  labelled samples: the AUC (the chance that a random right step outscores a random wrong one, ties half) and the
+  mean score of each kind."""
+  scores = verifier.score([(x.question, x.steps) for x in labelled])
+  right, wrong = [], []
+  for x, sc in zip(labelled, scores, strict=True):
+    for s, ok in zip(sc, arithmetic.check_steps(probs[x.question], x.steps)):
+      (right if ok else wrong).append(s)
+  if not right or not wrong:
+    return {'step_auc': float('nan'), 'right_steps': len(right), 'wrong_steps': len(wrong)}
+  a, b = np.asarray(right)[:, None], np.asarray(wrong)[None, :]
+  auc = float(np.mean((a > b) + 0.5 * (a == b)))
+  return {'step_auc': auc, 'right_steps': len(right), 'wrong_steps': len(wrong),
+          'right_score': float(np.mean(right)), 'wrong_score': float(np.mean(wrong))}
 
 
 def _search_chunk(config: ml_collections.ConfigDict, policy_params: Any, prm_params: Any,

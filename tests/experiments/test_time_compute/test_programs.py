@@ -5,10 +5,12 @@ import os
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 import pytest
 
 from configs.test_time_compute import get_config
 from experiments.test_time_compute import arithmetic, experiment, training
+from experiments.test_time_compute.labels import Labelled
 from mmjax.models.prm import from_decoder, from_decoder_params
 
 
@@ -81,3 +83,27 @@ def test_arithmetic_task():
   problems = arithmetic.make_problems(50, min_len=3, max_len=5, seed=0)
   assert {p.difficulty for p in problems} == {3, 4, 5}
   assert max(len(arithmetic.encode(p.prompt + ''.join(p.steps()))) + 1 for p in problems) <= arithmetic.max_tokens(5)
+
+
+class _ScriptedVerifier:
+  """Scores each step by the exact checker: `right` for a right step, `wrong` for a wrong one."""
+
+  def __init__(self, probs, right, wrong):
+    self.probs, self.right, self.wrong = probs, right, wrong
+
+  def score(self, requests):
+    return [[self.right if ok else self.wrong for ok in arithmetic.check_steps(self.probs[q], steps)]
+            for q, steps in requests]
+
+
+def test_step_separation_of_a_scripted_verifier():
+  probs = [arithmetic.Problem((3, 5, 8)), arithmetic.Problem((9, 4))]
+  labelled = [Labelled(0, ('3+5=8\n', '8+8=6\n', 'a=6'), (1.0, 1.0, 1.0)),
+              Labelled(0, ('3+5=9\n', '9+8=7\n', 'a=7'), (0.0, 0.0, 0.0)),
+              Labelled(1, ('9+4=3\n', 'a=3'), (1.0, 1.0))]  # 5 right steps, 3 wrong ones
+  good = experiment.step_separation(_ScriptedVerifier(probs, 0.9, 0.2), probs, labelled)
+  assert good == pytest.approx({'step_auc': 1.0, 'right_steps': 5, 'wrong_steps': 3, 'right_score': 0.9,
+                                 'wrong_score': 0.2}, abs=1e-12)
+  assert experiment.step_separation(_ScriptedVerifier(probs, 0.2, 0.9), probs, labelled)['step_auc'] == 0.0
+  assert experiment.step_separation(_ScriptedVerifier(probs, 0.5, 0.5), probs, labelled)['step_auc'] == 0.5
+  assert np.isnan(experiment.step_separation(_ScriptedVerifier(probs, 0.9, 0.2), probs, labelled[2:])['step_auc'])

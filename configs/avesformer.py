@@ -14,6 +14,7 @@ code, [R] reviews, [M] recollection, [A] our assumption); experiments/avesformer
 """
 import ml_collections
 
+from experiments.avesformer.augment import combo_scales
 from experiments.avesformer.model import BACKBONES
 from mmjax.train.config import base_config, group, parse_arg
 
@@ -40,6 +41,12 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.data.root = ''  # the task's AVSBench folder
   c.data.audio = 'wav' if arg.task == 'avss' else 'log_mel'  # 'log_mel': .npy next to the pkl files [A]; 'wav'
   c.data.image_size = 224  # [V]
+  # Training augmentation (experiments/avesformer/augment.py; the recipe sets it below): short side int(s * image_size)
+  # for s drawn from train_scales, a random image_size crop (padded where smaller), a horizontal flip with
+  # probability train_hflip; one draw per clip. () and 0 = off, recipe avsegformer's: frames are only resized to
+  # 224 [V AVSegFormer dataloader].
+  c.data.train_scales = ()
+  c.data.train_hflip = 0.0
   c.data.synthetic_train = 96  # smoke only: synthetic clips per split
   c.data.synthetic_eval = 16
   c.data.synthetic_shapes = 2
@@ -50,6 +57,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.model.backbone_weights = ''  # HF PvtV2 folder, timm .pth/.safetensors, or torchvision R50 file; '' = random
   c.model.audio_weights = ''  # torchvggish vggish-10086976.pth or .safetensors; '' = random (seed)
   c.model.audio_trainable = False  # VGGish frozen [V]
+  # Random init of what no weight file covers: 'flax' (the modules' initialisers) or 'host' (numpy's generic
+  # fan-in normal, experiments/avesformer/model.py host_random_like; the CPU smoke's: it compiles no initialiser).
+  c.model.init = 'flax'
   c.model.audio_conv_widths = (64, 'M', 128, 'M', 256, 256, 'M', 512, 512, 'M')  # [V]
   c.model.audio_fc_widths = (4096, 4096, 128)  # [V]
   c.model.decoder = arg.decoder
@@ -101,6 +111,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.optim.schedule = 'linear'  # detectron2's poly (power 0.9) approximated by linear decay to 0 [A]
     c.optim.clip_norm = 0.01
     c.optim.groups.backbone = group('^backbone/', lr=1e-5)  # backbone lr x 0.1
+    # Scale jitter 0.5..2.0 (short side 112..448 at 224, step 0.1), random 224 crop, flip 0.5 [V COMBO]; COMBO's SSD
+    # colour jitter is not reproduced.
+    c.data.train_scales, c.data.train_hflip = combo_scales(), 0.5
     if arg.task == 'avss':
       c.loss.ce = 1.0
     else:
@@ -110,8 +123,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.ckpt_every = 2000
 
   if arg.variant == 'smoke':
-    c.data.image_size = 64
+    c.data.image_size = 32  # 2 shapes of radius 4.8 px; 4x cheaper steps than 64 px, and learnt faster
     c.model.backbone = 'tiny_pvt'
+    c.model.init = 'host'
     c.model.audio_conv_widths = TINY_VGGISH_CONV
     c.model.audio_fc_widths = (64, 64, 128)
     c.model.dim, c.model.heads, c.model.num_prompts, c.model.gn_groups = 32, 2, 4, 8

@@ -6,7 +6,8 @@ backbone_weights at every start (random with config.seed when empty). With confi
 net is trained instead (its gradient flows, VGGish(trainable=True)).
 
 Each training example is one video (T frames, data.py's schema); the model runs per frame on [B*T] frames and the
-loss (losses.py) averages over the supervised frames (mask_flags). variant=smoke trains on synthetic sounding-shape
+loss (losses.py) averages over the supervised frames (mask_flags) and, under the recipe's scale jitter (augment.py,
+training only), over the image pixels (pixel_flags). variant=smoke trains on synthetic sounding-shape
 clips (synthetic.py) with tiny widths; the other variants read AVSBench from config.data.root.
 """
 from __future__ import annotations
@@ -24,9 +25,10 @@ import numpy as np
 from flax.traverse_util import flatten_dict, unflatten_dict
 
 from experiments.avesformer import data as avs_data
+from experiments.avesformer.augment import train_transform
 from experiments.avesformer.evaluate import evaluate_program, evaluate_source, shuffled_audio
 from experiments.avesformer.losses import segmentation_loss
-from experiments.avesformer.model import AVSConfig, AVSModel, make_backbone
+from experiments.avesformer.model import AVSConfig, AVSModel, host_random_like, make_backbone
 from experiments.avesformer.synthetic import KINDS, SyntheticSource
 from mmjax.data import make_pipeline
 from mmjax.models.pvt_v2 import PvtV2Config, PvtV2Model
@@ -57,13 +59,25 @@ class Parts:
 
   @functools.cached_property
   def jit_init(self):
-    """rng -> (model variables, audio params), jitted once per Parts."""
-    def init(rng):
+    """(rng, names) -> {name: boxed variables} for names among 'backbone', 'decoder', 'batch_stats', 'audio', jitted
+    once per Parts and names. The model's random initialisers are traced only when 'backbone' or 'decoder' is asked
+    for: the trainer's init and the frozen subtrees (audio, BatchNorm statistics) are separate programs, so no
+    program compiles an initialiser it throws away (XLA compiles each initialiser on its own, about 0.5 s of CPU
+    apiece)."""
+    @functools.partial(jax.jit, static_argnums=1)
+    def init(rng, names):
       frames, logmel = self.example()  # made inside: the first call may come from within a trace
-      model_vars = self.model.init(rng, frames, jnp.zeros((1, self.model.config.audio_dim)))
-      return model_vars, self.audio.init(jax.random.fold_in(rng, 1), logmel)['params']
+      out = {}
+      if set(names) & {'backbone', 'decoder', 'batch_stats'}:
+        model_vars = self.model.init(rng, frames, jnp.zeros((1, self.model.config.audio_dim)))
+        out.update({k: v for k, v in model_vars['params'].items() if k in names})
+        if 'batch_stats' in names and 'batch_stats' in model_vars:
+          out['batch_stats'] = model_vars['batch_stats']
+      if 'audio' in names:
+        out['audio'] = self.audio.init(jax.random.fold_in(rng, 1), logmel)['params']
+      return out
 
-    return jax.jit(init)
+    return init
 
   def forward(self, params: Any, frames: jax.Array, audio: jax.Array) -> tuple[jax.Array, jax.Array]:
     """frames [B, T, H, W, 3], audio [B, T, 96, 64, 1] -> (logits [B, T, H, W, C], mask feature [B, T, h, w])."""
@@ -101,8 +115,12 @@ def _rebox(boxed: Any, values: Any, where: str) -> Any:
     missing = sorted('/'.join(p) for p in set(flat_boxed) - set(flat_values))[:5]
     extra = sorted('/'.join(p) for p in set(flat_values) - set(flat_boxed))[:5]
     raise ValueError(f'{where}: the weights do not fit the model (missing {missing}, unexpected {extra})')
-  return unflatten_dict({p: box.replace_boxed(jnp.asarray(flat_values[p], box.value.dtype))
-                         for p, box in flat_boxed.items()})
+  def fill(box, value):
+    if isinstance(box, nn.meta.AxisMetadata):
+      return box.replace_boxed(jnp.asarray(value, box.value.dtype))
+    return jnp.asarray(value, box.dtype)
+
+  return unflatten_dict({p: fill(box, flat_values[p]) for p, box in flat_boxed.items()})
 
 
 def _backbone_weights(config: ml_collections.ConfigDict) -> dict[str, Any]:
@@ -123,26 +141,31 @@ def _backbone_weights(config: ml_collections.ConfigDict) -> dict[str, Any]:
   return {'params': load_timm(path, PvtV2Config.variant(m.backbone[4:], timm=True))[1]}
 
 
-def initial_variables(parts: Parts, seed: int) -> dict[str, Any]:
-  """Boxed {'backbone', 'decoder', 'audio', maybe 'batch_stats'}: random, with the configured weights loaded."""
+def initial_variables(parts: Parts, seed: int, names: tuple[str, ...] = ('backbone', 'decoder', 'audio',
+                                                                          'batch_stats')) -> dict[str, Any]:
+  """Boxed subtrees `names` of {'backbone', 'decoder', 'audio', 'batch_stats' (a ResNet's)}: random, with the
+  configured weights loaded."""
   config = parts.config
   # rbg keys: XLA compiles a threefry init of this many small parameters several times slower on CPU
-  model_vars, audio = parts.jit_init(jax.random.key(seed, impl='rbg'))
-  out = dict(model_vars['params'])
-  if config.model.backbone_weights:
-    loaded = _backbone_weights(config)
-    out['backbone'] = _rebox(model_vars['params']['backbone'], loaded['params'], config.model.backbone_weights)
-    if 'batch_stats' in loaded:
-      model_vars = {**model_vars, 'batch_stats': {'backbone': _rebox(
-          model_vars['batch_stats']['backbone'], loaded['batch_stats'], config.model.backbone_weights)}}
-  if 'batch_stats' in model_vars:
-    out['batch_stats'] = model_vars['batch_stats']
-  if config.model.audio_weights:
+  key, names = jax.random.key(seed, impl='rbg'), tuple(sorted(names))
+  if config.model.init == 'host':  # generic weights drawn by numpy into the initialisers' boxes: nothing compiled
+    shapes = jax.eval_shape(parts.jit_init, key, names)
+    out = _rebox(shapes, host_random_like(shapes, seed), 'config.model.init=host')
+  elif config.model.init == 'flax':
+    out = dict(parts.jit_init(key, names))
+  else:
+    raise ValueError(f"config.model.init must be 'flax' or 'host', got {config.model.init!r}")
+  loaded = _backbone_weights(config) if config.model.backbone_weights and {'backbone', 'batch_stats'} & set(out) else {}
+  if 'backbone' in out and loaded:
+    out['backbone'] = _rebox(out['backbone'], loaded['params'], config.model.backbone_weights)
+  if 'batch_stats' in out and 'batch_stats' in loaded:
+    out['batch_stats'] = {'backbone': _rebox(out['batch_stats']['backbone'], loaded['batch_stats'],
+                                             config.model.backbone_weights)}
+  if 'audio' in out and config.model.audio_weights:
     from mmjax.weights.vggish import load_vggish
-    loaded = load_vggish(config.model.audio_weights, conv_widths=parts.audio.conv_widths,
-                         fc_widths=parts.audio.fc_widths)[1]
-    audio = _rebox(audio, loaded, config.model.audio_weights)
-  out['audio'] = audio
+    weights = load_vggish(config.model.audio_weights, conv_widths=parts.audio.conv_widths,
+                          fc_widths=parts.audio.fc_widths)[1]
+    out['audio'] = _rebox(out['audio'], weights, config.model.audio_weights)
   return out
 
 
@@ -193,7 +216,9 @@ def make_loss_fn(parts: Parts):
     logits, feature = parts.forward(params, batch['frames'], batch['audio'])
     n = logits.shape[0] * logits.shape[1]
     flat = lambda x: x.reshape((n,) + x.shape[2:])  # noqa: E731
-    return segmentation_loss(flat(logits), flat(feature), flat(batch['masks']), flat(batch['mask_flags']), weights)
+    pixels = flat(batch['pixel_flags']) if 'pixel_flags' in batch else None  # scale jitter's padding (augment.py)
+    return segmentation_loss(flat(logits), flat(feature), flat(batch['masks']), flat(batch['mask_flags']), weights,
+                             pixels)
 
   return loss_fn
 
@@ -202,12 +227,14 @@ def _experiment(config: ml_collections.ConfigDict, train_data: Any, eval_src: An
   parts = make_parts(config)
   frozen = frozen_names(config)
 
+  trained = tuple(k for k in ('backbone', 'decoder', 'audio') if k not in frozen)
+
   def init_params(rng):
     del rng  # the seed is config.seed, shared with the frozen subtrees
-    return {k: v for k, v in initial_variables(parts, config.seed).items() if k not in frozen}
+    return initial_variables(parts, config.seed, trained)
 
   def load_frozen(ctx: Context):
-    return ctx.place({k: v for k, v in initial_variables(parts, config.seed).items() if k in frozen})
+    return ctx.place(initial_variables(parts, config.seed, frozen))
 
   def evaluate(params, ctx: Context):
     del ctx
@@ -223,12 +250,19 @@ def _experiment(config: ml_collections.ConfigDict, train_data: Any, eval_src: An
                     load_frozen=load_frozen)
 
 
+def make_train_pipeline(config: ml_collections.ConfigDict) -> Any:
+  """The training batches: the train split, shuffled and repeated, through the recipe's scale jitter (augment.py;
+  config.data.train_scales / train_hflip). Evaluation reads its split without it."""
+  d = config.data
+  return make_pipeline(make_source(config, 'train'), global_batch_size=config.batch_size, seed=config.seed,
+                       transform=train_transform(d.train_scales, d.train_hflip, d.image_size))
+
+
 def make_experiment(config: ml_collections.ConfigDict) -> Experiment:
-  train = make_pipeline(make_source(config, 'train'), global_batch_size=config.batch_size, seed=config.seed)
+  train = make_train_pipeline(config)
   return _experiment(config, train, make_source(config, config.eval.split))
 
 
 def unboxed_frozen(config: ml_collections.ConfigDict, parts: Parts) -> dict[str, Any]:
   """The frozen subtrees as plain arrays on the default device (for programs outside the trainer)."""
-  values = initial_variables(parts, config.seed)
-  return nn.meta.unbox({k: v for k, v in values.items() if k in frozen_names(config)})
+  return nn.meta.unbox(initial_variables(parts, config.seed, frozen_names(config)))

@@ -31,6 +31,8 @@ import functools
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import numpy as np
+from flax.traverse_util import flatten_dict, unflatten_dict
 
 from mmjax.models.diffusers_blocks import Conv2d, GroupNorm
 from mmjax.models.pvt_v2 import ConvFeedForward, DepthwiseConv, PvtV2Config, PvtV2Model
@@ -259,3 +261,36 @@ class AVSModel(nn.Module):
     features = self.backbone(frames)
     logits, feature = Decoder(self.config, name='decoder')(features, audio, frames.shape[1], frames.shape[2])
     return logits, {'mask_feature': jnp.mean(feature, axis=-1)}
+
+
+def host_random_like(shapes, seed: int = 0) -> dict:
+  """Unboxed arrays shaped as `shapes` (a nested dict of ShapeDtypeStructs, boxed or not, e.g. jax.eval_shape of an
+  init), drawn on the host from numpy's generator `seed`, by leaf name: 'kernel' N(0, 1 / fan_in) (LeCun's scale;
+  fan_in = the product of all but the last axis, except the [E, heads, head_dim] attention projections in: E), 'bias'
+  and 'mean' 0, 'scale' and 'var' 1, other leaves (learned prompts and queries) N(0, 0.02^2) when they have 2 or
+  more axes, else 0.
+
+  For programs that need generic random weights (the FPS benchmark, the shape and attention-dissipation tests, the CPU
+  smoke): XLA compiles each of a model's random initialisers on its own, which on CPU costs far more than running a
+  tiny model (about 0.5 s per parameter tensor); this compiles nothing."""
+  rng = np.random.default_rng(seed)
+  values = {}
+  for path, leaf in flatten_dict(shapes).items():
+    leaf = leaf.value if isinstance(leaf, nn.meta.AxisMetadata) else leaf
+    name, shape = path[-1], leaf.shape
+    if name == 'kernel':
+      fan_in = shape[0] if len(shape) == 3 and path[-2] not in ('o_proj', 'proj') else int(np.prod(shape[:-1]))
+      value = rng.standard_normal(shape) / np.sqrt(fan_in)
+    elif name in ('scale', 'var'):
+      value = np.ones(shape)
+    elif name not in ('bias', 'mean') and len(shape) >= 2:
+      value = 0.02 * rng.standard_normal(shape)
+    else:
+      value = np.zeros(shape)
+    values[path] = value.astype(leaf.dtype)
+  return jax.tree.map(jnp.asarray, unflatten_dict(values))
+
+
+def host_random_variables(init_fn, *args, seed: int = 0) -> dict:
+  """`host_random_like` of the variables `init_fn(*args)` makes (jax.eval_shape: traced, never compiled)."""
+  return host_random_like(jax.eval_shape(init_fn, *args), seed)

@@ -16,6 +16,9 @@ def test_fps_bench_runs_tiny(tmp_path, capsys):
     wo, wi = r['without VGGish'], r['with VGGish']
     assert wo['iters'] == wi['iters'] == 2 and wo['median_s'] > 0 and wi['median_s'] > 0
     assert 0 < wo['flops'] < wi['flops']  # VGGish adds work
+    assert wo['paired_speedup'] > 0 and wi['paired_speedup'] > 0
+  base = results['AVSegFormer-style']
+  assert base['without VGGish']['paired_speedup'] == base['with VGGish']['paired_speedup'] == 1.0
   # The baseline's 300 -> 8 queries and dense attention stages differ from AVESFormer's PQG and ELF stages.
   assert results['AVESFormer']['params'] != results['AVSegFormer-style']['params']
   report = capsys.readouterr().out

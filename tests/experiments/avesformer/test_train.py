@@ -2,20 +2,22 @@
 option, and the smoke run (it learns, and it uses the audio)."""
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import numpy as np
 
 from configs import avesformer
-from experiments.avesformer import evaluate, metrics
+from experiments.avesformer import evaluate, experiment, metrics
 from experiments.avesformer.synthetic import SyntheticSource
 from mmjax.train import train_and_evaluate
 
-# The smoke's bounds (config seed 0, 200 steps). Measured: val mIoU 0.599 vs 0.457 with shuffled audio (a script run)
-# and 0.561 vs 0.476 (under pytest's 8 virtual devices). Val mIoU must beat MIN_MIOU, and beat the same model with
-# shuffled audio (ShuffledAudio, eval.shuffle_seed 0) by MARGIN.
-MIN_MIOU = 0.5
-MARGIN = 0.05
+# The smoke's bounds (variant=smoke: 32 px, 200 steps, host init, config seed 0). Measured with this test's settings
+# (8 virtual CPU devices, highest matmul precision, evaluated once by evaluate_program): val mIoU 0.722 (F 0.843) vs
+# 0.509 (F 0.592) with shuffled audio. Val mIoU must beat MIN_MIOU, and beat the same model with shuffled audio
+# (ShuffledAudio, eval.shuffle_seed 0) by MARGIN: 0.12 and 0.11 of slack for other CPUs' XLA programs.
+MIN_MIOU = 0.6
+MARGIN = 0.1
 
 
 class _FrameLogits:
@@ -68,11 +70,16 @@ def test_smoke_learns_and_uses_the_audio(tmp_path):
   config.progress_bar = False
   config.mesh = {'data': 1, 'fsdp': 1, 'tensor': 1}
   workdir = str(tmp_path / 'run')
-  out = train_and_evaluate(config, workdir)['eval']
-  assert out['val/miou'] > MIN_MIOU, out
-  assert out['val/miou'] > out['val/shuffled_audio_miou'] + MARGIN, out
+  # Evaluated once, by --mode evaluate (the official protocol, the shuffled-audio control, summary.json, overlays):
+  # the trainer's end-of-run evaluators (the same evaluate_source calls, test_augment.py checks what they read) are
+  # left out, which saves a compile of the forward and a second pass.
+  exp = dataclasses.replace(experiment.make_experiment(config), evaluators={})
+  assert train_and_evaluate(config, workdir, exp)['step'] == config.total_steps
   summary = evaluate.evaluate_program(config, workdir)
-  assert summary['metrics']['miou'] == out['val/miou'] and summary['step'] == config.total_steps
+  miou, shuffled = summary['metrics']['miou'], summary['shuffled_audio']['miou']
+  assert miou > MIN_MIOU, summary
+  assert miou > shuffled + MARGIN, summary
+  assert summary['step'] == config.total_steps and summary['videos'] == config.data.synthetic_eval
   written = json.loads((tmp_path / 'run' / 'evaluate' / 'summary.json').read_text())
   assert written['table'][1]['miou'] == 79.9 and written['shuffled_audio'] == summary['shuffled_audio']
   assert len(list((tmp_path / 'run' / 'evaluate' / 'overlays').glob('*.png'))) == config.eval.overlays

@@ -20,6 +20,8 @@ from mmjax.train import train_and_evaluate
 from mmjax.weights import read_workdir_params
 from tests.train.metrics_io import read_metrics
 
+S = object_images.get_config('variant=smoke').data.size  # 32² omages: the U-Net steps cost half of 64²'s
+
 # Smaller than variant=smoke's U-Net: one level, so that the step and the sampler compile in seconds.
 TINY_UNET = dict(dim=8, dim_mults=(1,), layer_attns=(False,), layer_cross_attns=(False,), attn_heads=1,
                  attn_dim_head=4, text_embed_dim=4, max_text_len=2, attn_pool_num_latents=2, attn_pool_max_seq_len=2,
@@ -28,7 +30,7 @@ TINY_UNET = dict(dim=8, dim_mults=(1,), layer_attns=(False,), layer_cross_attns=
 
 def _config(arg: str, data_dir: str):
   config = object_images.get_config(arg)
-  config.data.update(smoke_dir=data_dir, smoke_shapes=5, size=64)  # variant=smoke trains at 32²
+  config.data.update(smoke_dir=data_dir, smoke_shapes=5)  # variant=smoke: 32² omages
   config.unet.update(TINY_UNET)
   config.model.update(patch=8, width=32, depth=1, num_heads=2)
   config.update(ckpt_every=2, log_every=1, progress_bar=False)
@@ -104,7 +106,7 @@ def test_geo2mat_samples_materials_for_data_geometry(runs):
     omages, labels = npz['omages'], npz['labels']
   source = make_source(geo, channels=12)
   truth = np.stack([(source[i]['omage'] + 1) / 2 for i in range(2)])
-  assert omages.shape == (2, 64, 64, 12) and omages.min() >= 0 and omages.max() <= 1
+  assert omages.shape == (2, S, S, 12) and omages.min() >= 0 and omages.max() <= 1
   np.testing.assert_allclose(omages[..., :7], truth[..., :7], atol=1e-6)  # geometry and normals are the data's
   np.testing.assert_array_equal(labels, [source[i]['label'] for i in range(2)])
   occupied = truth[..., 3] > 0.5
@@ -128,7 +130,7 @@ def test_n2g2m_writes_textured_meshes_previews_and_renders(runs, tmp_path):
   with np.load(os.path.join(out, 'omages.npz')) as npz:
     omages = npz['omages']
     np.testing.assert_array_equal(npz['labels'], [0, 1, 2])  # the smoke classes cycled
-  assert omages.shape == (3, 64, 64, 12)
+  assert omages.shape == (3, S, S, 12)
   occ = omages[..., 3]
   assert set(np.unique(occ)) <= {0.0, 1.0}  # the geometry was binarised as the loader binarises data
   assert np.all(omages[occ == 0] == 0) and np.all(omages[..., 4:7] == 0)  # no normals from null2geo
@@ -140,6 +142,6 @@ def test_n2g2m_writes_textured_meshes_previews_and_renders(runs, tmp_path):
     assert faces == len(omage_to_mesh(omages[i]).faces)
     assert os.path.exists(os.path.join(out, 'meshes', f'{i:03d}.glb')) == (faces > 0)
   with Image.open(os.path.join(out, 'preview.png')) as preview:
-    assert preview.size == (2 * (3 * (2 * 64 + 2) - 2), 2 * 64)
+    assert preview.size == (2 * (3 * (2 * S + 2) - 2), 2 * S)
   with Image.open(os.path.join(out, 'render.png')) as render:
     assert render.size == (3 * 34 - 2, 32)

@@ -4,10 +4,17 @@ gold-SQL mutator standing in for the weak model.
 `write_smoke_world(root, seed)` writes, deterministically from the seed, for 3-5 domains (each a parent table and a
 child table holding a foreign key to it):
   root/database/<db>/<db>.sqlite, root/tables.json, root/train_spider.json, root/dev.json,
-  root/train_gold.sql, root/dev_gold.sql
+  root/train_gold.sql, root/dev_gold.sql, root/train_strong.json
 with questions from templates at three levels (easy: one table, a filter or an aggregate; medium: a join, GROUP BY,
-COUNT(DISTINCT) or ORDER BY + LIMIT; hard: nesting, GROUP BY + HAVING, join + group + order). Values are drawn from
-the rows, so every gold query returns rows; ORDER BY keys are unique, so gold row orders are well defined.
+COUNT(DISTINCT) or ORDER BY + LIMIT; hard: nesting, GROUP BY + HAVING, join + group + order). VALUE_TEMPLATES take a
+slot value (a name or category from the rows, or a round threshold), quoted in the question as in the SQL and one
+word of the smoke tokenizer each; VALUE_FREE_TEMPLATES name columns only (with_values=False keeps only those). Every
+gold query returns rows; ORDER BY keys are unique, so gold row orders are well defined.
+
+The strong data (`SmokeWorld.strong`, the SFT data of the learning smoke) stands for SENSE's synthetic data, which
+is only checked to execute: a share of the templates are the generator's blind spots, whose train SQL carries one
+consistent executable fault (BLIND_SPOT_KINDS) at a stated rate. The gold files keep the true SQL, which the weak
+samples are labelled against.
 
 The weak model (`weak_candidates`) returns, per question, the gold or one of MUTATION_KINDS applied to it: the
 realistic faults of the spec (wrong column, missing join condition, COUNT vs COUNT(DISTINCT), dropped ORDER BY,
@@ -33,6 +40,20 @@ from mmjax.evals import text2sql
 LEVELS = ('easy', 'medium', 'hard')
 MUTATION_KINDS = ('wrong_column', 'missing_join_condition', 'count_distinct', 'dropped_order_by',
                   'swapped_operator', 'syntax_error', 'wrong_aggregate', 'limit_off_by_one', 'equivalent_rewrite')
+# Templates with a slot value from the rows (several instances each) and templates without one (one instance per
+# database: the question names columns only, so answering it needs no copying of a value from the question).
+VALUE_TEMPLATES = ('filter_category', 'count_above', 'category_of_name', 'quantity_below', 'with_kind',
+                   'average_of_kind', 'top_k', 'count_parents_above', 'measures_of_name', 'more_than_n',
+                   'total_per_parent')
+VALUE_FREE_TEMPLATES = ('count_kinds', 'max_measure', 'count_per_category', 'without_children', 'most_children',
+                        'above_average', 'count_children', 'count_parents', 'min_measure', 'average_measure',
+                        'total_measure', 'max_quantity', 'highest_quantity', 'lowest_quantity', 'by_quantity',
+                        'count_categories', 'count_per_kind', 'total_per_each', 'with_children')
+TEMPLATES = VALUE_TEMPLATES + VALUE_FREE_TEMPLATES
+# The strong generator's blind spots: faults that still execute and change the result in one consistent way (a
+# random wrong column or a syntax error would not make a consistent misconception).
+BLIND_SPOT_KINDS = ('missing_join_condition', 'count_distinct', 'dropped_order_by', 'swapped_operator',
+                    'wrong_aggregate', 'limit_off_by_one')
 
 
 @dataclasses.dataclass(frozen=True)
@@ -77,8 +98,9 @@ DOMAINS = (
     Domain('farm', 'farms', 'farm', 'farm_id', 'name', 'region', ('coast', 'valley', 'hills'), 'area', (3, 400),
            'animals', 'animal', 'animal_id', 'species', ('goat', 'cow', 'sheep', 'hen'), 'weight', (1, 900)),
 )
-_FIRST = ('Ada', 'Bo', 'Cleo', 'Dev', 'Eli', 'Fay', 'Gil', 'Hana', 'Ivo', 'Juno', 'Kai', 'Lea', 'Milo', 'Nia')
-_LAST = ('Stone', 'Reed', 'Vale', 'Frost', 'Marsh', 'Hale', 'Brook', 'Wolfe')
+# One word each, so that a name is one token of the smoke's word tokenizer, copied from the question in one step.
+NAMES = ('Ada', 'Bo', 'Cleo', 'Dev', 'Eli', 'Fay', 'Gil', 'Hana', 'Ivo', 'Juno', 'Kai', 'Lea', 'Milo', 'Nia', 'Omar',
+         'Pia', 'Quin', 'Rosa', 'Sol', 'Tess', 'Uma', 'Vic', 'Wren', 'Yara')
 
 
 @dataclasses.dataclass(frozen=True)
@@ -89,6 +111,9 @@ class SmokeWorld:
   domains: dict[str, Domain]
   train: list[data.Text2SqlExample]
   dev: list[data.Text2SqlExample]
+  strong: list[data.Text2SqlExample] = dataclasses.field(default_factory=list)  # the SFT data, aligned with train
+  templates: dict[tuple[str, str], str] = dataclasses.field(default_factory=dict)  # (db_id, gold SQL) -> template
+  blind_spots: dict[str, str] = dataclasses.field(default_factory=dict)  # template -> the strong data's fault kind
 
   def db_path(self, db_id: str) -> str:
     return data.database_path(os.path.join(self.root, 'database'), db_id)
@@ -101,7 +126,9 @@ def _q(value: str) -> str:
 def _rows(d: Domain, rng: random.Random, n_parents: int) -> tuple[list[tuple], list[tuple]]:
   """Parent rows (unique labels and quantities) and child rows (unique measures); two parents have no children and
   one has strictly the most."""
-  labels = rng.sample([f'{a} {b}' for a in _FIRST for b in _LAST], n_parents)
+  if n_parents > len(NAMES):
+    raise ValueError(f'n_parents must be at most {len(NAMES)} (the names), got {n_parents}')
+  labels = rng.sample(NAMES, n_parents)
   quantities = rng.sample(range(*d.quantity_range), n_parents)
   parents = [(i + 1, labels[i], d.categories[i % len(d.categories)] if i < len(d.categories)
               else rng.choice(d.categories), quantities[i]) for i in range(n_parents)]
@@ -129,67 +156,103 @@ def _inserts(d: Domain, parents: list[tuple], children: list[tuple]) -> list[str
           + [f'INSERT INTO {d.child} VALUES ({c[0]}, {c[1]}, {_q(c[2])}, {c[3]})' for c in children])
 
 
+def _grid(lo: int, hi: int, n: int = 9) -> list[int]:
+  """Up to n round thresholds inside (lo, hi): the multiples of a step of 1, 2 or 5 times a power of ten."""
+  raw = (hi - lo) / (n + 1)
+  step = min(m * 10 ** e for e in range(6) for m in (1, 2, 5) if m * 10 ** e >= raw)
+  values = list(range((lo // step + 1) * step, hi, step))
+  trim = (len(values) - n) // 2 if len(values) > n else 0
+  return values[trim:trim + n]
+
+
 def _questions(d: Domain, parents: list[tuple], children: list[tuple], rng: random.Random,
-               per_template: int) -> list[tuple[str, str, str]]:
-  """(level, question, gold SQL) from every template; slot values come from the rows."""
+               per_template: int, with_values: bool = True) -> list[tuple[str, str, str, str]]:
+  """(template, level, question, gold SQL) from every template; slot values come from the rows. String values are
+  quoted in the question as in the SQL ('Lyon'), so the SQL copies them token for token."""
   P, C, pk, J = d.parent, d.child, d.pk, f'{d.parent} AS T1 JOIN {d.child} AS T2 ON T1.{d.pk} = T2.{d.pk}'
   pn, cn = d.parent_noun, d.child_noun
   cats = sorted({p[2] for p in parents})
   kinds = sorted({c[2] for c in children})
   names = [p[1] for p in parents]
   with_children = sorted({c[1] for c in children})
-  measures = sorted(c[3] for c in children)
-  quantities = sorted(p[3] for p in parents)
+  measures = _grid(*d.measure_range)  # thresholds: round numbers, each one word of the tokenizer
+  quantities = _grid(*d.quantity_range)
 
   def some(values, k=per_template):
     return rng.sample(list(values), min(k, len(values)))
 
   out = []
   for v in some(cats):
-    out.append(('easy', f'List the {d.label}s of all {pn}s whose {d.category} is {v}.',
+    out.append(('filter_category', 'easy', f'List the {d.label}s of all {pn}s whose {d.category} is {_q(v)}.',
                 f'SELECT {d.label} FROM {P} WHERE {d.category} = {_q(v)}'))
-  for v in some(measures[:-1]):
-    out.append(('easy', f'How many {cn}s have a {d.measure} above {v}?',
+  for v in some(measures):
+    out.append(('count_above', 'easy', f'How many {cn}s have a {d.measure} above {v}?',
                 f'SELECT COUNT(*) FROM {C} WHERE {d.measure} > {v}'))
   for v in some(names):
-    out.append(('easy', f'What is the {d.category} of the {pn} named {v}?',
+    out.append(('category_of_name', 'easy', f'What is the {d.category} of the {pn} named {_q(v)}?',
                 f'SELECT {d.category} FROM {P} WHERE {d.label} = {_q(v)}'))
-  for v in some(quantities[1:]):
-    out.append(('easy', f'Show the {d.label}s of {pn}s with {d.quantity} below {v}.',
+  for v in some(quantities):
+    out.append(('quantity_below', 'easy', f'Show the {d.label}s of {pn}s with {d.quantity} below {v}.',
                 f'SELECT {d.label} FROM {P} WHERE {d.quantity} < {v}'))
-  out.append(('easy', f'How many different {d.kind}s do the {cn}s have?', f'SELECT COUNT(DISTINCT {d.kind}) FROM {C}'))
-  out.append(('easy', f'What is the largest {d.measure} of any {cn}?', f'SELECT MAX({d.measure}) FROM {C}'))
+  out.append(('count_kinds', 'easy', f'How many different {d.kind}s do the {cn}s have?',
+              f'SELECT COUNT(DISTINCT {d.kind}) FROM {C}'))
+  out.append(('max_measure', 'easy', f'What is the largest {d.measure} of any {cn}?',
+              f'SELECT MAX({d.measure}) FROM {C}'))
   for v in some(kinds):
-    out.append(('medium', f'List the {d.label}s of {pn}s with at least one {cn} whose {d.kind} is {v}.',
-                f'SELECT DISTINCT T1.{d.label} FROM {J} WHERE T2.{d.kind} = {_q(v)}'))
-    out.append(('medium', f'What is the average {d.measure} of {cn}s whose {d.kind} is {v}?',
+    out.append(('with_kind', 'medium', f'List the {d.label}s of {pn}s with at least one {cn} whose {d.kind} is '
+                f'{_q(v)}.', f'SELECT DISTINCT T1.{d.label} FROM {J} WHERE T2.{d.kind} = {_q(v)}'))
+    out.append(('average_of_kind', 'medium', f'What is the average {d.measure} of {cn}s whose {d.kind} is {_q(v)}?',
                 f'SELECT AVG({d.measure}) FROM {C} WHERE {d.kind} = {_q(v)}'))
-  out.append(('medium', f'How many {cn}s are there for each {pn} {d.category}?',
+  out.append(('count_per_category', 'medium', f'How many {cn}s are there for each {pn} {d.category}?',
               f'SELECT T1.{d.category}, COUNT(*) FROM {J} GROUP BY T1.{d.category}'))
   for k in some(range(2, 5)):
-    out.append(('medium', f'List the {d.label}s of the {k} {pn}s with the highest {d.quantity}.',
+    out.append(('top_k', 'medium', f'List the {d.label}s of the {k} {pn}s with the highest {d.quantity}.',
                 f'SELECT {d.label} FROM {P} ORDER BY {d.quantity} DESC LIMIT {k}'))
-  for v in some(measures[:-1]):
-    out.append(('medium', f'How many different {pn}s have a {cn} with {d.measure} above {v}?',
+  for v in some(measures):
+    out.append(('count_parents_above', 'medium', f'How many different {pn}s have a {cn} with {d.measure} above {v}?',
                 f'SELECT COUNT(DISTINCT {pk}) FROM {C} WHERE {d.measure} > {v}'))
   for v in some([p[1] for p in parents if p[0] in with_children]):
-    out.append(('medium', f'List the {d.measure}s of the {cn}s of {v}, from smallest to largest.',
-                f'SELECT T2.{d.measure} FROM {J} WHERE T1.{d.label} = {_q(v)} ORDER BY T2.{d.measure} ASC'))
-  out.append(('hard', f'Which {pn}s have no {cn}s?',
+    out.append(('measures_of_name', 'medium', f'List the {d.measure}s of the {cn}s of {_q(v)}, from smallest to '
+                'largest.', f'SELECT T2.{d.measure} FROM {J} WHERE T1.{d.label} = {_q(v)} ORDER BY T2.{d.measure} ASC'))
+  out.append(('count_children', 'easy', f'How many {cn}s are there?', f'SELECT COUNT(*) FROM {C}'))
+  out.append(('count_parents', 'easy', f'How many {pn}s are there?', f'SELECT COUNT(*) FROM {P}'))
+  out.append(('min_measure', 'easy', f'What is the smallest {d.measure} of any {cn}?',
+              f'SELECT MIN({d.measure}) FROM {C}'))
+  out.append(('average_measure', 'easy', f'What is the average {d.measure} of all {cn}s?',
+              f'SELECT AVG({d.measure}) FROM {C}'))
+  out.append(('total_measure', 'easy', f'What is the total {d.measure} of all {cn}s?',
+              f'SELECT SUM({d.measure}) FROM {C}'))
+  out.append(('max_quantity', 'easy', f'What is the largest {d.quantity} of any {pn}?',
+              f'SELECT MAX({d.quantity}) FROM {P}'))
+  out.append(('count_categories', 'easy', f'How many different {d.category}s do the {pn}s have?',
+              f'SELECT COUNT(DISTINCT {d.category}) FROM {P}'))
+  out.append(('highest_quantity', 'medium', f'Which {pn} has the highest {d.quantity}?',
+              f'SELECT {d.label} FROM {P} ORDER BY {d.quantity} DESC LIMIT 1'))
+  out.append(('lowest_quantity', 'medium', f'Which {pn} has the lowest {d.quantity}?',
+              f'SELECT {d.label} FROM {P} ORDER BY {d.quantity} ASC LIMIT 1'))
+  out.append(('by_quantity', 'medium', f'List the {d.label}s of all {pn}s from the smallest {d.quantity} to the '
+              'largest.', f'SELECT {d.label} FROM {P} ORDER BY {d.quantity} ASC'))
+  out.append(('count_per_kind', 'medium', f'How many {cn}s are there of each {d.kind}?',
+              f'SELECT {d.kind}, COUNT(*) FROM {C} GROUP BY {d.kind}'))
+  out.append(('total_per_each', 'medium', f'For each {pn} with {cn}s, give its {d.label} and the total {d.measure} '
+              f'of its {cn}s.', f'SELECT T1.{d.label}, SUM(T2.{d.measure}) FROM {J} GROUP BY T1.{pk}'))
+  out.append(('with_children', 'medium', f'List the {d.label}s of {pn}s with at least one {cn}.',
+              f'SELECT DISTINCT T1.{d.label} FROM {J}'))
+  out.append(('without_children', 'hard', f'Which {pn}s have no {cn}s?',
               f'SELECT {d.label} FROM {P} WHERE {pk} NOT IN (SELECT {pk} FROM {C})'))
-  out.append(('hard', f'Which {pn} has the most {cn}s?',
+  out.append(('most_children', 'hard', f'Which {pn} has the most {cn}s?',
               f'SELECT T1.{d.label} FROM {J} GROUP BY T1.{pk} ORDER BY COUNT(*) DESC LIMIT 1'))
-  out.append(('hard', f'List the {d.label}s of {pn}s whose {d.quantity} is above the average.',
+  out.append(('above_average', 'hard', f'List the {d.label}s of {pn}s whose {d.quantity} is above the average.',
               f'SELECT {d.label} FROM {P} WHERE {d.quantity} > (SELECT AVG({d.quantity}) FROM {P})'))
   for n in some(range(1, 4)):
-    out.append(('hard', f'Which {pn}s have more than {n} {cn}s?',
+    out.append(('more_than_n', 'hard', f'Which {pn}s have more than {n} {cn}s?',
                 f'SELECT T1.{d.label} FROM {J} GROUP BY T1.{pk} HAVING COUNT(*) > {n}'))
   for v in some(cats):
-    out.append(('hard', f'For each {pn} whose {d.category} is {v}, give the total {d.measure} of its {cn}s, '
-                f'largest first.',
+    out.append(('total_per_parent', 'hard', f'For each {pn} whose {d.category} is {_q(v)}, give the total '
+                f'{d.measure} of its {cn}s, largest first.',
                 f'SELECT T1.{d.label}, SUM(T2.{d.measure}) FROM {J} WHERE T1.{d.category} = {_q(v)} '
                 f'GROUP BY T1.{pk} ORDER BY SUM(T2.{d.measure}) DESC, T1.{d.label}'))
-  return out
+  return out if with_values else [item for item in out if item[0] not in VALUE_TEMPLATES]
 
 
 def _tables_entry(d: Domain) -> dict:
@@ -209,17 +272,31 @@ def _tables_entry(d: Domain) -> dict:
 
 
 def write_smoke_world(root: str, seed: int = 0, *, n_domains: int = 4, n_parents: int = 10, per_template: int = 2,
-                      dev_fraction: float = 0.25, neighbours: int = 0) -> SmokeWorld:
+                      dev_fraction: float = 0.25, neighbours: int = 0, strong_error_templates: float = 0.0,
+                      strong_error_rate: float = 0.75, with_values: bool = True) -> SmokeWorld:
   """Writes the smoke world into `root` (see the module docstring) and returns it; the same seed writes the same
   databases and questions. per_template: instances (slot values) per template and database; dev_fraction: the
   share of each database's questions held out for dev.json; neighbours: extra databases <db>_<k>.sqlite beside each
   one, the same schema with other rows, for test-suite accuracy. A template instance whose gold returns no rows
-  on the main database (a HAVING threshold above every count) is left out."""
+  on the main database (a HAVING threshold above every count) is left out.
+
+  The strong data (`SmokeWorld.strong`, also written as train_strong.json): the train questions with the SQL of a
+  synthetic generator whose output is only execution-checked, as SENSE's strong data is. It has blind spots: a
+  share strong_error_templates of the templates (drawn from the seed) each get one fault kind of BLIND_SPOT_KINDS,
+  and each train instance of such a template carries that fault with probability strong_error_rate when the
+  faulty SQL still executes and returns a result other than the gold's (otherwise it keeps the gold). The
+  questions, train_spider.json and every gold file keep the true gold SQL."""
   if not 3 <= n_domains <= len(DOMAINS):
     raise ValueError(f'n_domains must lie in [3, {len(DOMAINS)}], got {n_domains}')
+  if not 0.0 <= strong_error_templates <= 1.0 or not 0.0 <= strong_error_rate <= 1.0:
+    raise ValueError(f'strong_error_templates and strong_error_rate must lie in [0, 1], got '
+                     f'{strong_error_templates} and {strong_error_rate}')
   rng = random.Random(seed)
+  strong_rng = random.Random(f'{seed}/strong')  # the blind spots leave the questions of the seed unchanged
+  used = TEMPLATES if with_values else VALUE_FREE_TEMPLATES
+  blind = sorted(strong_rng.sample(used, round(strong_error_templates * len(used))))
   domains = DOMAINS[:n_domains]
-  train, dev = [], []
+  train, dev, templates = [], [], {}
   for d in domains:
     parents, children = _rows(d, rng, n_parents)
     path = os.path.join(root, 'database', d.name, f'{d.name}.sqlite')
@@ -230,23 +307,70 @@ def write_smoke_world(root: str, seed: int = 0, *, n_domains: int = 4, n_parents
           d, other_parents, other_children))
     conn = sqlite3.connect(f'file:{path}?mode=ro', uri=True)
     try:
-      items = [(level, q, sql) for level, q, sql in _questions(d, parents, children, rng, per_template)
-               if conn.execute(sql).fetchall()]
+      items = [item for item in _questions(d, parents, children, rng, per_template, with_values)
+               if conn.execute(item[3]).fetchall()]
+      items = list({item[3]: item for item in items}.values())
+      rng.shuffle(items)
+      n_dev = max(1, round(dev_fraction * len(items)))
+      for i, (template, level, question, sql) in enumerate(items):
+        example = data.Text2SqlExample(d.name, question, sql, '', level)
+        templates[(d.name, sql)] = template
+        if i < n_dev:
+          dev.append(example)
+          continue
+        train.append(example)
     finally:
       conn.close()
-    items = list({sql: (level, q, sql) for level, q, sql in items}.values())
-    rng.shuffle(items)
-    n_dev = max(1, round(dev_fraction * len(items)))
-    for i, (level, question, sql) in enumerate(items):
-      (dev if i < n_dev else train).append(data.Text2SqlExample(d.name, question, sql, '', level))
+  strong, blind_spots = _strong_data(root, domains, train, templates, blind, strong_error_rate, strong_rng)
   with open(os.path.join(root, 'tables.json'), 'w', encoding='utf-8') as f:
     json.dump([_tables_entry(d) for d in domains], f, indent=1)
-  for name, split, gold in (('train_spider.json', train, 'train_gold.sql'), ('dev.json', dev, 'dev_gold.sql')):
+  for name, split in (('train_spider.json', train), ('dev.json', dev), ('train_strong.json', strong)):
     with open(os.path.join(root, name), 'w', encoding='utf-8') as f:
       json.dump([{'db_id': e.db_id, 'question': e.question, 'query': e.sql, 'question_toks': e.question.split(),
                   'query_toks': e.sql.split(), 'difficulty': e.difficulty} for e in split], f, indent=1)
+  for gold, split in (('train_gold.sql', train), ('dev_gold.sql', dev)):
     data.write_gold_file(os.path.join(root, gold), [(e.sql, e.db_id) for e in split])
-  return SmokeWorld(root, {d.name: d for d in domains}, train, dev)
+  return SmokeWorld(root, {d.name: d for d in domains}, train, dev, strong, templates, blind_spots)
+
+
+def _strong_data(root: str, domains: Sequence[Domain], train: list[data.Text2SqlExample],
+                 templates: dict[tuple[str, str], str], blind: Sequence[str], rate: float,
+                 rng: random.Random) -> tuple[list[data.Text2SqlExample], dict[str, str]]:
+  """(strong data, template -> fault kind) of write_smoke_world for the blind-spot templates `blind`: of each one's
+  train instances, round(rate * n) drawn at random carry its fault (when it executes and changes the result)."""
+  by_name = {d.name: d for d in domains}
+  kinds = {}
+  for template in blind:  # its fault kind: one of those that apply to its first train instance
+    first = next((e for e in train if templates[(e.db_id, e.sql)] == template), None)
+    usable = [k for k in BLIND_SPOT_KINDS if first and mutate(first.sql, k, by_name[first.db_id], rng)]
+    if usable:
+      kinds[template] = rng.choice(usable)
+  faulty = set()
+  for template in kinds:
+    members = [i for i, e in enumerate(train) if templates[(e.db_id, e.sql)] == template]
+    faulty.update(rng.sample(members, round(rate * len(members))))
+  conns = {d.name: sqlite3.connect(f'file:{os.path.join(root, "database", d.name, d.name)}.sqlite?mode=ro', uri=True)
+           for d in domains}
+  try:
+    strong = []
+    for i, e in enumerate(train):
+      sql = mutate(e.sql, kinds[templates[(e.db_id, e.sql)]], by_name[e.db_id], rng) if i in faulty else None
+      strong.append(e if sql is None or _same_result(conns[e.db_id], e.sql, sql) else
+                    dataclasses.replace(e, sql=sql))
+  finally:
+    for conn in conns.values():
+      conn.close()
+  return strong, kinds
+
+
+def _same_result(conn: sqlite3.Connection, gold: str, sql: str) -> bool:
+  """Whether `sql` returns the gold's result (the test-suite comparison); an error counts as a different result
+  for the caller, which then keeps the gold (the strong data's execution check drops failing SQL)."""
+  try:
+    rows = conn.execute(sql).fetchall()
+  except sqlite3.Error:
+    return True
+  return synthesis.results_match(gold, conn.execute(gold).fetchall(), rows)
 
 
 # ---------------------------------------------------------------------------------------------------------------

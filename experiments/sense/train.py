@@ -10,7 +10,8 @@ Model: the Qwen2 decoder (mmjax.models.qwen2). config.model.hf_dir = '' builds a
 tokenizer built from the training texts and saved as <workdir>/tokenizer.json (experiments/sense/tokenizer.py); an
 HF folder gives the architecture (config.json), the tokenizer (tokenizer.json) and, with --config.init_from=the
 same folder, the weights. variant=smoke writes the generated smoke world (experiments/sense/smoke.py) into
-<workdir>/smoke_world and trains on its train split; otherwise config.train_sets names the SFT data.
+<workdir>/smoke_world and trains on its strong data (the train questions with the synthetic generator's SQL, blind
+spots included: smoke.write_smoke_world); otherwise config.train_sets names the SFT data.
 """
 from __future__ import annotations
 
@@ -59,11 +60,11 @@ def smoke_world(config: ml_collections.ConfigDict, workdir: str) -> smoke.SmokeW
 
 
 def training_examples(config: ml_collections.ConfigDict, workdir: str) -> list[tuple[data.Text2SqlExample, str]]:
-  """(example, database path) of the SFT data: the smoke world's train split, or every entry of config.train_sets
+  """(example, database path) of the SFT data: the smoke world's strong data, or every entry of config.train_sets
   ('layout:folder;...', layouts spider, bird, synth)."""
-  if config.variant == 'smoke':
+  if config.variant == 'smoke':  # the strong data: train questions with the synthetic generator's SQL
     world = smoke_world(config, workdir)
-    return [(e, world.db_path(e.db_id)) for e in world.train]
+    return [(e, world.db_path(e.db_id)) for e in world.strong]
   if not config.train_sets:
     raise ValueError("set --config.train_sets to the SFT data, e.g. 'spider:/data/spider;bird:/data/bird/train'")
   out = []

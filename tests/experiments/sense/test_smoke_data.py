@@ -114,3 +114,38 @@ def test_seed_examples_from_the_world_make_a_strong_prompt(world):
   prompt = synthesis.strong_prompt(seeds, 'medium')
   assert all(f'Question: {e.question}\nAnswer: {e.sql}' in prompt for e in world.train[:2])
   assert all(s.schema in prompt and s.schema.count('CREATE TABLE') == 2 for s in seeds)
+
+
+def test_strong_data_blind_spots_are_executable_faults(tmp_path):
+  """The strong (SFT) data: only blind-spot templates differ from the gold, each by its one fault kind, at the
+  stated rate; every faulty SQL executes and returns another result than the gold's; the gold files keep the true
+  SQL; the value-free world has no literal values."""
+  rate = 0.75
+  world = smoke.write_smoke_world(str(tmp_path / 'w'), seed=0, n_domains=5, n_parents=14, dev_fraction=0.3,
+                                  with_values=False, strong_error_templates=0.35, strong_error_rate=rate)
+  assert len(world.strong) == len(world.train) and world.blind_spots
+  assert set(world.blind_spots) <= set(smoke.VALUE_FREE_TEMPLATES)
+  assert set(world.blind_spots.values()) <= set(smoke.BLIND_SPOT_KINDS)
+  assert {world.templates[(e.db_id, e.sql)] for e in world.train + world.dev} <= set(smoke.VALUE_FREE_TEMPLATES)
+  assert not any("'" in e.sql for e in world.train + world.dev)
+  faulty = Counter()
+  for gold, strong in zip(world.train, world.strong):
+    assert (gold.db_id, gold.question) == (strong.db_id, strong.question)
+    if gold.sql == strong.sql:
+      continue
+    template = world.templates[(gold.db_id, gold.sql)]
+    assert template in world.blind_spots, (gold.sql, strong.sql)
+    faulty[template] += 1
+    path = world.db_path(gold.db_id)
+    got, want = _run(path, strong.sql), _run(path, gold.sql)
+    assert got is not None and not synthesis.results_match(gold.sql, want, got), (gold.sql, strong.sql)
+  members = Counter(world.templates[(e.db_id, e.sql)] for e in world.train)
+  for template in world.blind_spots:  # at most round(rate * n): a fault that returns the gold's result is not used
+    assert faulty[template] <= round(rate * members[template])
+  assert sum(faulty.values()) >= 0.6 * sum(round(rate * members[t]) for t in world.blind_spots)
+  assert data.read_gold_file(f'{world.root}/train_gold.sql') == [(e.sql, e.db_id) for e in world.train]
+  strong_file = data.read_spider_examples(f'{world.root}/train_strong.json')
+  assert [e.sql for e in strong_file] == [e.sql for e in world.strong]
+  again = smoke.write_smoke_world(str(tmp_path / 'again'), seed=0, n_domains=5, n_parents=14, dev_fraction=0.3,
+                                  with_values=False, strong_error_templates=0.35, strong_error_rate=rate)
+  assert again.strong == world.strong and again.blind_spots == world.blind_spots

@@ -27,6 +27,7 @@ import grain
 import numpy as np
 
 from experiments.avesformer.data import normalize
+from mmjax.models.visual_taps import linear_weights
 
 PAD_GREY = 128            # COMBO's image padding value (0..255)
 MAX_SIZE_FACTOR = 4       # COMBO: MAX_SIZE_TRAIN 896 = 4 x 224
@@ -38,10 +39,10 @@ def combo_scales() -> tuple[float, ...]:
 
 
 def _bilinear_taps(n_in: int, n_out: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-  """(i0, i1, w): output pixel j reads (1 - w) * in[i0] + w * in[i1] (half-pixel centres, clamped edges)."""
-  c = np.clip((np.arange(n_out) + 0.5) * (n_in / n_out) - 0.5, 0, n_in - 1)
-  i0 = np.floor(c).astype(np.int64)
-  return i0, np.minimum(i0 + 1, n_in - 1), (c - i0).astype(np.float32)
+  """(i0, i1, w float32): output pixel j reads (1 - w) * in[i0] + w * in[i1] (visual_taps.linear_weights: half-pixel
+  centres, clamped edges)."""
+  i0, i1, w = linear_weights(n_in, n_out)
+  return i0, i1, w.astype(np.float32)
 
 
 def _nearest_taps(n_in: int, n_out: int) -> np.ndarray:

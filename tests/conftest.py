@@ -1,5 +1,5 @@
-"""Test-wide setup: 8 virtual CPU devices so sharding tests run anywhere, XLA:CPU without LLVM optimisation (it
-compiles faster), and a persistent compilation cache.
+"""Test-wide setup: 8 virtual CPU devices so sharding tests run anywhere, XLA:CPU flags that compile fast
+(tests/xla_flags.py), and a persistent compilation cache.
 
 Everything here is set through the environment before jax is imported anywhere in the test process, so the
 subprocesses that tests launch (launch.py, the generation CLI, multi-process training) inherit it too.
@@ -17,16 +17,19 @@ import os
 import platform
 from pathlib import Path
 
+from tests.xla_flags import fast_compile_flags
+
+_CACHE_ROOT = Path(__file__).resolve().parents[1] / ".pytest_cache" / "jax"
+
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 _flags = os.environ.get("XLA_FLAGS", "")
 if "xla_force_host_platform_device_count" not in _flags:
   _flags += " --xla_force_host_platform_device_count=8"
-# Compiling dominates almost every test here: without LLVM's optimisation passes XLA:CPU compiles with ~45% less CPU
-# (the model tests) and the few tests that train for hundreds of steps still spend ~20% less CPU overall (measured
-# on the DiT-digits, IPAdapter-Instruct and AVESFormer smokes). Matmuls and convolutions are library calls either
-# way; the numerics are XLA's own (no fast-math at either level). MMJAX_TEST_OPTIMIZE=1 keeps the optimisations.
-if "xla_backend_optimization_level" not in _flags and os.environ.get("MMJAX_TEST_OPTIMIZE") != "1":
-  _flags += " --xla_backend_optimization_level=0"
+# Compiling dominates almost every test here: tests/xla_flags.py chooses the flags that make XLA:CPU compile fast
+# (and says what they save); a flag already in XLA_FLAGS is left as it is.
+for _flag in fast_compile_flags(_CACHE_ROOT):
+  if _flag.lstrip("-").split("=")[0] not in _flags:
+    _flags += f" {_flag}"
 os.environ["XLA_FLAGS"] = _flags.strip()
 
 
@@ -40,7 +43,7 @@ def _cpu_signature() -> str:
   return hashlib.sha256(f"{platform.machine()}\n{text}".encode()).hexdigest()[:12]
 
 
-_cache = Path(__file__).resolve().parents[1] / ".pytest_cache" / "jax" / f"cpu-{_cpu_signature()}"
+_cache = _CACHE_ROOT / f"cpu-{_cpu_signature()}"
 os.environ.setdefault("JAX_COMPILATION_CACHE_DIR", str(_cache))
 os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
 

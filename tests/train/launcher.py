@@ -2,13 +2,16 @@
 import os
 import subprocess
 import sys
+from pathlib import Path
+
+from tests.xla_flags import fast_compile_flags
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 SMOKE = 'configs/vit_digits.py:variant=smoke'
-# The runs here take a few tiny steps, so compiling dominates them: without LLVM's optimisations XLA compiles them
-# with ~30% less CPU and runs them as fast (the flag is part of the compilation cache key). A run of hundreds of
-# steps (the LLaVA smoke run) passes optimize=True.
-FAST_COMPILE = '--xla_backend_optimization_level=0'
+# The runs here take a few tiny steps, so compiling dominates them: they compile with the flags of
+# tests/xla_flags.py (the flags are part of the compilation cache key). A run of hundreds of steps (the LLaVA smoke
+# run) passes optimize=True and keeps XLA's defaults.
+FAST_COMPILE = ' '.join(fast_compile_flags(Path(REPO) / '.pytest_cache' / 'jax'))
 
 
 def launch_env(devices: int = 1, optimize: bool = False) -> dict:

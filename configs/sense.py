@@ -85,7 +85,13 @@ def _training(c: ml_collections.ConfigDict, stage: str, variant: str) -> None:
   c.dpo.label_smoothing = 0.0  # cDPO's ε (0.1 in the released pipeline); 0 is plain DPO
   c.dpo.pairs = ''  # a JSONL of pairs (db_id, question, evidence, prompt, chosen, rejected; synthesis.weak_sample)
   c.dpo.db_dir = ''  # the pairs' database root (<db_dir>/<db>/<db>.sqlite); only to rebuild prompts
-  c.dpo.n_samples = 8  # smoke: weak (mutator) samples per training question
+  c.dpo.n_samples = 8  # smoke: weak samples per training question
+  # smoke: the weak model, 'mutator' (gold-SQL faults, smoke.weak_sampler) or 'policy' (the SFT checkpoint's own
+  # samples at dpo.temperature, plus the gold SQL as a chosen candidate when dpo.gold_chosen; dpo.policy_sampler)
+  c.dpo.pairs_from = 'mutator'
+  c.dpo.temperature = 1.0
+  c.dpo.gold_chosen = True
+  c.dpo.nll_weight = 0.0  # RPO / DPO+NLL: + weight * the chosen SQL's mean token NLL (0 = SENSE's plain DPO / cDPO)
   c.dpo.pairs_per_question = 1  # the released "grouped-any-limit1" pair set
   c.total_steps = 3000
   c.batch_size = 32

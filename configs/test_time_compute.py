@@ -63,6 +63,14 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.search.temperature = 1.0
   c.search.chunk = 16  # questions per resumable chunk
   c.search.seed = 0
+  # The verifier of the search: 'learned' (the PRM of --mode train_prm) or 'exact' (experiments/test_time_compute/
+  # verifiers.py: q_hat ** remaining steps for a right prefix, 0 for a wrong one, + N(0, noise), verdicts flipped
+  # with probability flip; seeded by verifier_seed); the exact one needs no label / train_prm stage.
+  c.search.verifier = 'learned'
+  c.search.q_hat = 0.8
+  c.search.noise = 0.0
+  c.search.flip = 0.0
+  c.search.verifier_seed = 0
 
   c.select = ml_collections.ConfigDict()
   c.select.bins = 5

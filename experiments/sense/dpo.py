@@ -6,40 +6,73 @@ computed once, before training, through `mmjax.generate.score`, and stored with 
 So no reference model lives in memory while training and the trainer needs no frozen subtree: the default step
 with a loss_fn that reads `ref` from the batch. A rerun (resume) reads pairs.jsonl back instead of rebuilding it.
 
-Pairs: variant=smoke samples the mutator (the weak model of experiments/sense/smoke.py) on the smoke world's
-training questions through `synthesis.weak_sample` (executed in the sandboxed pool and labelled against the gold);
-otherwise config.dpo.pairs is a JSONL of such pairs (synthesis.weak_sample's dicts, each with its prompt). The loss
-is `mmjax.train.preference.dpo_loss` (β = config.dpo.beta, cDPO's ε = config.dpo.label_smoothing) over summed
-response log-probs; reward accuracy, margin and the chosen / rejected rewards are logged beside it. At step 0 the
-policy equals the reference, so the loss is log 2.
+Pairs: variant=smoke samples a weak model on the smoke world's training questions through `synthesis.weak_sample`
+(executed in the sandboxed pool and labelled against the gold): config.dpo.pairs_from = 'mutator' is the gold-SQL
+mutator of experiments/sense/smoke.py; 'policy' is the SFT checkpoint itself (`policy_sampler`: n_samples at
+config.dpo.temperature, plus the gold SQL as one more candidate when config.dpo.gold_chosen). The paper's weak model
+is itself SFT-trained on the same data, so it shares the strong data's blind spots; the SFT model's own samples are
+the smoke's faithful stand-in for it. Otherwise config.dpo.pairs is a JSONL of such pairs (synthesis.weak_sample's
+dicts, each with its prompt).
+
+The loss is `mmjax.train.preference.dpo_loss` (β = config.dpo.beta, cDPO's ε = config.dpo.label_smoothing) over
+summed response log-probs, plus config.dpo.nll_weight times the chosen SQL's mean per-token NLL (RPO / "DPO+NLL",
+Pang et al. 2024; our departure: SENSE trains plain DPO / cDPO, i.e. nll_weight = 0). Reward accuracy, margin, the
+chosen / rejected rewards and chosen_nll are logged beside it. At step 0 the policy equals the reference, so the
+DPO part of the loss is log 2.
 """
 from __future__ import annotations
 
 import json
 import os
 
+import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
 from experiments.sense import smoke, synthesis, train
 from mmjax.data import make_pipeline
-from mmjax.generate import score
+from mmjax.generate import generate, score
 from mmjax.train import Experiment
 from mmjax.train.preference import dpo_loss, pack_pairs, sequence_logprobs
 from mmjax.weights.workdir import read_workdir_params
 
 PAIRS = 'pairs.jsonl'
+PAIRS_FROM = ('mutator', 'policy')
 
 
-def weak_pairs(config: ml_collections.ConfigDict, workdir: str) -> tuple[list[dict], dict]:
-  """(pairs, stats): the smoke's mutator samples labelled by execution, or the pairs of config.dpo.pairs."""
+def policy_sampler(config: ml_collections.ConfigDict, model, params, tok: train.Tokenizer) -> synthesis.WeakSampler:
+  """A WeakSampler over the SFT checkpoint: n samples per prompt at config.dpo.temperature (seed config.seed), each
+  reduced to its SQL, plus the question's gold SQL as one more candidate when config.dpo.gold_chosen (so a question
+  whose samples all share a blind spot still gets pairs that point at the gold)."""
+  def sample(examples, prompts, n):
+    ids = [tok.encode(p) or [tok.pad_id] for p in prompts]
+    completions = generate(model, params, ids, max_new_tokens=config.max_new_tokens, temperature=config.dpo.temperature,
+                           num_samples=n, eos_token_id=tok.eos_id, seed=config.seed, truncate='left')
+    out = [[synthesis.extract_sql(tok.decode(c.tokens)) for c in row] for row in completions]
+    return [s + [e.sql] for s, e in zip(out, examples)] if config.dpo.gold_chosen else out
+  return sample
+
+
+def weak_pairs(config: ml_collections.ConfigDict, workdir: str, model=None,
+               tok: train.Tokenizer | None = None) -> tuple[list[dict], dict]:
+  """(pairs, stats): the smoke's weak samples (config.dpo.pairs_from: the mutator's, or with the model and
+  tokenizer the SFT policy's own) labelled by execution, or the pairs of config.dpo.pairs."""
   if config.variant == 'smoke':
     from mmjax.evals.sql import SqlPool  # starts worker processes
     world = train.smoke_world(config, workdir)
+    source = config.dpo.get('pairs_from', 'mutator')
+    if source not in PAIRS_FROM:
+      raise ValueError(f"config.dpo.pairs_from must be one of {', '.join(PAIRS_FROM)}, got {source!r}")
+    if source == 'policy':
+      if model is None or tok is None:
+        raise ValueError("dpo.pairs_from='policy' samples the SFT checkpoint: pass the model and its tokenizer")
+      params, _ = read_workdir_params(str(config.init_from), train.abstract_params(model))
+      sampler = policy_sampler(config, model, params, tok)
+    else:
+      sampler = smoke.weak_sampler(world, config.seed)
     with SqlPool(config.workers or None, timeout_s=config.timeout_s, max_rows=config.max_rows,
                  memory_mb=config.memory_mb, progress=False) as pool:
-      return synthesis.weak_sample(world.train, os.path.join(world.root, 'database'),
-                                   smoke.weak_sampler(world, config.seed), execute=pool.map,
+      return synthesis.weak_sample(world.train, os.path.join(world.root, 'database'), sampler, execute=pool.map,
                                    n_samples=config.dpo.n_samples, pairs_per_question=config.dpo.pairs_per_question,
                                    seed=config.seed)
   if not config.dpo.pairs:
@@ -73,7 +106,7 @@ def prepared_pairs(config: ml_collections.ConfigDict, workdir: str, model, tok: 
   if os.path.isfile(path):
     with open(path, encoding='utf-8') as f:
       return [json.loads(line) for line in f if line.strip()]
-  pairs, stats = weak_pairs(config, workdir)
+  pairs, stats = weak_pairs(config, workdir, model, tok)
   kept, encoded, dropped = [], [], 0
   for pair in pairs:
     chosen = train.encode_pair(tok, pair['prompt'], pair['chosen'], config.seq_len)
@@ -97,17 +130,21 @@ def prepared_pairs(config: ml_collections.ConfigDict, workdir: str, model, tok: 
   return out
 
 
-def dpo_loss_fn(model, beta: float, label_smoothing: float):
-  """(params, batch, rng, step) -> (DPO / cDPO loss, metrics); batch tokens/mask [B, 2, T] (0 chosen, 1 rejected)
-  and ref [B, 2]. One forward over the [2B, T] reshape."""
+def dpo_loss_fn(model, beta: float, label_smoothing: float, nll_weight: float = 0.0):
+  """(params, batch, rng, step) -> (DPO / cDPO loss + nll_weight * the chosen SQL's mean per-token NLL, metrics);
+  batch tokens/mask [B, 2, T] (0 chosen, 1 rejected) and ref [B, 2]. One forward over the [2B, T] reshape."""
   def loss_fn(params, batch, rng, step):
     del rng, step
     tokens = batch['tokens']
     b, _, t = tokens.shape
     logits = model.apply({'params': params}, tokens.reshape(2 * b, t)).logits.reshape(b, 2, t, -1)
     logp = sequence_logprobs(logits, tokens, batch['mask'])
-    return dpo_loss(logp[:, 0], logp[:, 1], batch['ref'][:, 0], batch['ref'][:, 1], beta=beta,
-                    label_smoothing=label_smoothing)
+    loss, metrics = dpo_loss(logp[:, 0], logp[:, 1], batch['ref'][:, 0], batch['ref'][:, 1], beta=beta,
+                             label_smoothing=label_smoothing)
+    # sequence_logprobs scores token t from position t - 1, so the response mask from position 1 counts its tokens
+    n_chosen = jnp.maximum(jnp.sum(batch['mask'][:, 0, 1:], axis=-1), 1.0)
+    metrics['chosen_nll'] = jnp.mean(-logp[:, 0] / n_chosen)
+    return loss + nll_weight * metrics['chosen_nll'], metrics
   return loss_fn
 
 
@@ -126,5 +163,6 @@ def dpo_experiment(config: ml_collections.ConfigDict, workdir: str) -> Experimen
   rows = [{'tokens': packed['tokens'][i], 'mask': packed['mask'][i], 'ref': ref[i]} for i in range(len(pairs))]
   train_data = make_pipeline(train.ListSource(rows), global_batch_size=config.batch_size, seed=config.seed)
   return Experiment(init_params=train.init_fn(model),
-                    loss_fn=dpo_loss_fn(model, config.dpo.beta, config.dpo.label_smoothing), train_data=train_data)
+                    loss_fn=dpo_loss_fn(model, config.dpo.beta, config.dpo.label_smoothing,
+                                        config.dpo.get('nll_weight', 0.0)), train_data=train_data)
 

@@ -97,6 +97,17 @@ DOMAINS = (
            'sales', (100, 50000)),
     Domain('farm', 'farms', 'farm', 'farm_id', 'name', 'region', ('coast', 'valley', 'hills'), 'area', (3, 400),
            'animals', 'animal', 'animal_id', 'species', ('goat', 'cow', 'sheep', 'hen'), 'weight', (1, 900)),
+    # Appended later for more held-out (template, domain) pairs; worlds of n_domains <= 5 are unchanged.
+    Domain('garage', 'owners', 'owner', 'owner_id', 'name', 'town', ('Bern', 'Riga', 'Oulu'), 'age', (18, 90),
+           'cars', 'car', 'car_id', 'brand', ('Fiat', 'Audi', 'Kia'), 'mileage', (1000, 200000)),
+    Domain('hotel', 'hotels', 'hotel', 'hotel_id', 'name', 'district', ('old', 'new', 'port'), 'floors', (1, 60),
+           'rooms', 'room', 'room_id', 'type', ('single', 'double', 'suite'), 'price', (40, 900)),
+    Domain('college', 'teachers', 'teacher', 'teacher_id', 'name', 'subject', ('math', 'art', 'law', 'chemistry'),
+           'salary', (2000, 9000), 'courses', 'course', 'course_id', 'level', ('basic', 'advanced', 'expert'),
+           'hours', (10, 300)),
+    Domain('airline', 'pilots', 'pilot', 'pilot_id', 'name', 'base', ('Cork', 'Lima', 'Pune'), 'rank_points',
+           (100, 999), 'flights', 'flight', 'flight_id', 'aircraft', ('jet', 'prop', 'glider'), 'distance',
+           (50, 12000)),
 )
 # One word each, so that a name is one token of the smoke's word tokenizer, copied from the question in one step.
 NAMES = ('Ada', 'Bo', 'Cleo', 'Dev', 'Eli', 'Fay', 'Gil', 'Hana', 'Ivo', 'Juno', 'Kai', 'Lea', 'Milo', 'Nia', 'Omar',

@@ -32,6 +32,7 @@ from experiments.test_time_compute.labels import Labelled, complete, soft_labels
 from experiments.test_time_compute.policy import EnginePolicy, EngineVerifier
 from experiments.test_time_compute.protocols import Verifier
 from experiments.test_time_compute.search import Strategy
+from experiments.test_time_compute.verifiers import ExactVerifier
 from mmjax.models.prm import from_decoder
 
 MAX_STEP_TOKENS = 8  # the longest step, "9+9=8\n", is 6 tokens
@@ -166,8 +167,7 @@ def _search_chunk(config: ml_collections.ConfigDict, policy_params: Any, prm_par
   history = 2 + max(s.lookahead for s in strategies)
   policy = _policy(config, policy_params, probs, temperature=config.search.temperature,
                    seed=config.search.seed + chunk[0], history=history)
-  verifier = EngineVerifier(from_decoder(training.policy_model(config)), prm_params, encode=arithmetic.encode,
-                            questions=[p.prompt for p in probs])
+  verifier = make_verifier(config, prm_params, probs)
   records = {q: {'question': q, 'difficulty': probs[q].difficulty, 'runs': {}} for q in chunk}
   rounds = config.data.max_len + 2
   for s in strategies:
@@ -186,6 +186,17 @@ def _search_chunk(config: ml_collections.ConfigDict, policy_params: Any, prm_par
   return [records[q] for q in chunk]
 
 
+def make_verifier(config: ml_collections.ConfigDict, prm_params: Any, probs: list[arithmetic.Problem]) -> Verifier:
+  """The search's verifier by config.search.verifier: the learned PRM (prm_params) or the exact-noisy checker."""
+  s = config.search
+  if s.verifier == 'exact':
+    return ExactVerifier(probs, q_hat=s.q_hat, sigma=s.noise, flip=s.flip, seed=s.verifier_seed)
+  if s.verifier != 'learned':
+    raise ValueError(f"config.search.verifier: unknown verifier {s.verifier!r}; use 'learned' or 'exact'")
+  return EngineVerifier(from_decoder(training.policy_model(config)), prm_params, encode=arithmetic.encode,
+                        questions=[p.prompt for p in probs])
+
+
 def search_program(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
   if 'best_of_n' not in config.search.strategies:
     raise ValueError('config.search.strategies must hold best_of_n (its samples give the difficulty bins).')
@@ -194,7 +205,8 @@ def search_program(config: ml_collections.ConfigDict, workdir: str) -> dict[str,
   probs = problems(config, 'eval')
   todo = [q for q in range(len(probs)) if q not in done]
   policy_params = _policy_params(workdir)
-  prm_params = training.load_params(os.path.join(workdir, 'prm', training.BEST))
+  exact = config.search.verifier == 'exact'
+  prm_params = None if exact else training.load_params(os.path.join(workdir, 'prm', training.BEST))
   for start in range(0, len(todo), config.search.chunk):
     lines = _search_chunk(config, policy_params, prm_params, probs, todo[start:start + config.search.chunk])
     with open(path, 'a') as f:  # a whole chunk at a time: a killed run redoes at most one chunk

@@ -58,6 +58,9 @@ def base_config() -> ml_collections.ConfigDict:
   c.ema_decay = 0.0  # > 0 keeps an EMA of the params ema_regex selects, checkpointed and used for evaluation
   c.ema_regex = ''  # regex over parameter paths ('' = all), e.g. '^generator/'
   c.profile_steps = ()  # (first, last): trace these steps with jax.profiler into workdir/profile
+  # XLA compiler options of the train step (jax.jit's compiler_options), e.g. {'xla_backend_optimization_level': 1};
+  # empty: XLA_FLAGS and XLA's defaults. An unknown option fails the first step, naming it.
+  c.xla_options = ml_collections.ConfigDict()
   c.tensorboard = False
   c.progress_bar = True
   # The optimiser (see mmjax.train.optimizer.optim_config for its keys and the module docstring for groups).

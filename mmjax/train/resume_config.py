@@ -41,6 +41,7 @@ RULES: tuple[tuple[tuple[str, ...], str, str], ...] = (
     (('mesh', 'sharding_rules'), SAFE, 'how arrays are laid out on the devices; restore reshards the checkpoint'),
     (('compute_dtype',), SAFE, 'the precision of later steps; params and optimiser state keep param_dtype'),
     (('remat', 'remat_policy'), SAFE, 'recomputes activations in the backward pass: the same math'),
+    (('xla_options',), SAFE, 'how XLA compiles the step: the same math, rounded as another program rounds it'),
     (('grad_accum_steps',), SAFE, 'microbatches of the same examples: the same mean gradient up to rounding'),
     (('init_from',), SAFE, "ignored when resuming: the checkpoint's params win"),
     (('variant',), SAFE, 'a label; the keys it sets are checked one by one'),

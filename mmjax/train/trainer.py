@@ -248,9 +248,10 @@ class TrainSetup:
       return new.update_ema(decay, keep=keep), metrics
 
     shardings = self.state_shardings
+    options = dict(cfg.get('xla_options') or {}) or None
     with self.scope():
       return jax.jit(step_fn, in_shardings=(shardings, self.batch_sharding),
-                     out_shardings=(shardings, self.replicated), donate_argnums=(0,))
+                     out_shardings=(shardings, self.replicated), donate_argnums=(0,), compiler_options=options)
 
 
 def evaluate(setup: TrainSetup, state: TrainState, ctx: Context) -> dict[str, float]:

@@ -86,6 +86,16 @@ def test_ema_is_kept_checkpointed_and_used_for_eval(tmp_path):
   ckpt.close()
 
 
+def test_xla_options_reach_the_step_compile(tmp_path):
+  """config.xla_options are the step's compiler options: another optimisation level trains the same toy run
+  within the policy's 1e-5 between programs, and an option XLA does not know fails the first step, naming it."""
+  base, _ = _run(tmp_path, 'base', total_steps=3)
+  other, _ = _run(tmp_path, 'other', total_steps=3, xla_options={'xla_backend_optimization_level': 2})
+  assert_close_programs(other['state'].params, base['state'].params)
+  with pytest.raises(Exception, match='xla_no_such_option'):
+    _run(tmp_path, 'bad', total_steps=1, xla_options={'xla_no_such_option': 1})
+
+
 def test_profile_and_tensorboard_outputs(tmp_path):
   _, workdir = _run(tmp_path, total_steps=4, profile_steps=(2, 3), tensorboard=True)
   assert glob.glob(os.path.join(workdir, 'profile', '**', '*.xplane.pb'), recursive=True)

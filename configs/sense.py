@@ -91,6 +91,7 @@ def _training(c: ml_collections.ConfigDict, stage: str, variant: str) -> None:
   c.dpo.pairs_from = 'mutator'
   c.dpo.temperature = 1.0
   c.dpo.gold_chosen = True
+  c.dpo.rejected_must_run = False  # pair only rejected samples that execute (wrong results, not failing SQL)
   c.dpo.nll_weight = 0.0  # RPO / DPO+NLL: + weight * the chosen SQL's mean token NLL (0 = SENSE's plain DPO / cDPO)
   c.dpo.pairs_per_question = 1  # the released "grouped-any-limit1" pair set
   c.total_steps = 3000

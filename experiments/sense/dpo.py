@@ -43,7 +43,9 @@ PAIRS_FROM = ('mutator', 'policy')
 def policy_sampler(config: ml_collections.ConfigDict, model, params, tok: train.Tokenizer) -> synthesis.WeakSampler:
   """A WeakSampler over the SFT checkpoint: n samples per prompt at config.dpo.temperature (seed config.seed), each
   reduced to its SQL, plus the question's gold SQL as one more candidate when config.dpo.gold_chosen (so a question
-  whose samples all share a blind spot still gets pairs that point at the gold)."""
+  whose samples all share a blind spot still gets pairs that point at the gold). The sampling streams are numbered
+  by the prompt's place in the call, and weak_sample calls it per batch of 64 questions, so question k and k + 64
+  draw from the same stream (over different prompts); the README's numbers were measured so."""
   def sample(examples, prompts, n):
     ids = [tok.encode(p) or [tok.pad_id] for p in prompts]
     completions = generate(model, params, ids, max_new_tokens=config.max_new_tokens, temperature=config.dpo.temperature,
@@ -74,7 +76,7 @@ def weak_pairs(config: ml_collections.ConfigDict, workdir: str, model=None,
                  memory_mb=config.memory_mb, progress=False) as pool:
       return synthesis.weak_sample(world.train, os.path.join(world.root, 'database'), sampler, execute=pool.map,
                                    n_samples=config.dpo.n_samples, pairs_per_question=config.dpo.pairs_per_question,
-                                   seed=config.seed)
+                                   seed=config.seed, rejected_must_run=config.dpo.get('rejected_must_run', False))
   if not config.dpo.pairs:
     raise ValueError('set --config.dpo.pairs to a JSONL of preference pairs (synthesis.weak_sample: prompt, chosen, '
                      'rejected per line)')

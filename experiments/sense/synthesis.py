@@ -346,13 +346,15 @@ def sampler_from_generator(generator: Generator) -> WeakSampler:
 
 def weak_sample(examples: Sequence[data.Text2SqlExample], db_root: str, sampler: WeakSampler, *,
                 execute: text2sql.Execute | None = None, n_samples: int = 8, pairs_per_question: int | None = 1,
-                seed: int = 0, batch_size: int = 64, timeout_s: float = 10.0) -> tuple[list[dict], dict]:
+                seed: int = 0, batch_size: int = 64, timeout_s: float = 10.0,
+                rejected_must_run: bool = False) -> tuple[list[dict], dict]:
   """Preference pairs from weak samples: (pairs, stats).
 
   For each example, `sampler(examples, prompts, n_samples)` gives n_samples SQLs for its prompt
   (data.render_prompt over the CREATE TABLE schema of <db_root>/<db>/<db>.sqlite, as in SFT); they are executed
   (`execute`, or a private SqlPool with timeout_s per query), labelled (`label_candidates`) and paired
-  (`select_pairs`, at most pairs_per_question per question; None: all). A pair is a dict: db_id, question,
+  (`select_pairs`, at most pairs_per_question per question; None: all; rejected_must_run: only rejected samples
+  that executed, i.e. wrong results rather than failing SQL). A pair is a dict: db_id, question,
   evidence, prompt, chosen, rejected. stats counts questions, samples, chosen samples, questions whose gold failed,
   questions with only chosen or only rejected samples, pairs, and samples that failed (error_<kind>, where any).
   """
@@ -379,7 +381,8 @@ def weak_sample(examples: Sequence[data.Text2SqlExample], db_root: str, sampler:
         n_chosen = sum(c.chosen for c in lab.candidates)
         stats['all_chosen'] += n_chosen == len(lab.candidates)
         stats['all_rejected'] += n_chosen == 0
-        for chosen, rejected in select_pairs(lab.candidates, pairs_per_question, rng):
+        candidates = [c for c in lab.candidates if c.chosen or not (rejected_must_run and c.error_kind)]
+        for chosen, rejected in select_pairs(candidates, pairs_per_question, rng):
           pairs.append({'db_id': e.db_id, 'question': e.question, 'evidence': e.evidence, 'prompt': prompt,
                         'chosen': chosen, 'rejected': rejected})
   stats['pairs'] = len(pairs)

@@ -65,16 +65,26 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.search.seed = 0
   # The verifier of the search: 'learned' (the PRM of --mode train_prm) or 'exact' (experiments/test_time_compute/
   # verifiers.py: q_hat ** remaining steps for a right prefix, 0 for a wrong one, + N(0, noise), verdicts flipped
-  # with probability flip; seeded by verifier_seed); the exact one needs no label / train_prm stage.
+  # with probability flip; where a path goes wrong, with probability decoy it becomes a decoy, rated as right +
+  # decoy_bonus from there on; seeded by verifier_seed); the exact one needs no label / train_prm stage.
   c.search.verifier = 'learned'
   c.search.q_hat = 0.8
   c.search.noise = 0.0
   c.search.flip = 0.0
+  c.search.decoy = 0.0
+  c.search.decoy_bonus = 0.1
+  # The policy of the search: 'trained' (--mode train's) or 'simulated' (spec §10's toy on the task's text: steps
+  # right with probability simulated_q, no model; arithmetic.SimulatedPolicy), which needs no train stage.
+  c.search.policy = 'trained'
+  c.search.simulated_q = 0.75
   c.search.verifier_seed = 0
 
   c.select = ml_collections.ConfigDict()
   c.select.bins = 5
   c.select.seed = 0
+  # samples per question, drawn apart from the searches, for the difficulty bins (oracle pass@1, mean verifier score;
+  # the paper draws 2048); 0 = the largest search budget
+  c.select.difficulty_samples = 0
 
   c.total_steps = 3000
   c.batch_size = 64

@@ -19,6 +19,8 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from experiments.test_time_compute.protocols import Step
+
 CHARS = '0123456789+=\na'
 EOS = len(CHARS)
 VOCAB = EOS + 1
@@ -112,3 +114,40 @@ def sft_example(problem: Problem, length: int) -> dict[str, np.ndarray]:
 def max_tokens(max_len: int) -> int:
   """Tokens of the longest prompt + solution + EOS for chains of up to max_len digits."""
   return 2 * max_len + 1 + 6 * (max_len - 1) + 3 + 1
+
+
+class SimulatedPolicy:
+  """Spec §10's toy policy written as this task's text: a `Policy` (protocols.py) whose steps are right with
+  probability q while the path is still right, with no model behind it.
+
+  A right path's next addition step is the reference one with probability q, else the same line with one of the 9
+  wrong results (uniformly); a wrong path keeps adding the digits to its wrong running total, so it stays wrong (the
+  task's errors are unrecoverable); after the last addition comes the answer line `a=<running total>` with EOS. So
+  pass@1 is q ** (K - 1) for a chain of K digits. Greedy extension writes the likelier step (the reference one when
+  q > 0.5). Draws come from one np.random.default_rng(seed) stream in request order.
+  Used where the paper's selection effects need hundreds of questions and budgets up to 32, beyond what the trained
+  smoke policy can search in a test's time (tests/experiments/test_time_compute/test_smoke.py).
+  """
+
+  def __init__(self, problems: Sequence[Problem], q: float, seed: int = 0):
+    if not 0 <= q <= 1:
+      raise ValueError(f'SimulatedPolicy: q must be in [0, 1], got {q}')
+    self.problems, self.q, self.rng = list(problems), q, np.random.default_rng(seed)
+
+  def extend(self, requests: Sequence[tuple[int, tuple[str, ...]]], *, greedy: bool = False) -> list[Step]:
+    out = []
+    draws = self.rng.random(len(requests))
+    wrong = self.rng.integers(1, 10, len(requests))
+    for j, (question, steps) in enumerate(requests):
+      problem = self.problems[question]
+      total = problem.digits[0] if not steps else int(steps[-1].rstrip('\n')[-1])
+      i = len(steps)
+      if i >= len(problem.digits) - 1:
+        out.append(Step(f'a={total}', True))
+        continue
+      digit = problem.digits[i + 1]
+      result = (total + digit) % 10
+      if all(check_steps(problem, steps)) and not (self.q > 0.5 if greedy else draws[j] < self.q):
+        result = (result + int(wrong[j])) % 10
+      out.append(Step(f'{total}+{digit}={result}\n', False))
+    return out

@@ -58,12 +58,35 @@ class Selection:
   bin_accuracy: np.ndarray
 
 
+def _fold_choice(acc: np.ndarray, train: np.ndarray, prefer: np.ndarray | None) -> np.ndarray:
+  """[B] the strategy with the best mean accuracy over the `train` questions at each budget. Ties go to `prefer`
+  ([B]) when it is among the tied, else to the first tied strategy."""
+  means = acc[:, train].mean(axis=1)  # [S, B]
+  best = means.argmax(axis=0)
+  if prefer is not None:
+    tied = means[prefer, np.arange(means.shape[1])] == means.max(axis=0)
+    best = np.where(tied, prefer, best)
+  return best
+
+
+def select_fixed(acc: np.ndarray, folds: np.ndarray) -> Selection:
+  """The best fixed strategy on held-out questions: at each budget, the strategy with the best mean accuracy over one
+  fold's questions (every bin) is scored on the other fold, then the folds swap (as `select_compute_optimal`, with one
+  bin). The fair baseline of the compute-optimal curve: same folds, same held-out scoring, no per-bin choice."""
+  acc = np.asarray(acc, dtype=np.float64)
+  bins = np.ones(acc.shape[1], dtype=np.int64)
+  return select_compute_optimal(acc, bins, folds, n_bins=1)
+
+
 def select_compute_optimal(acc: np.ndarray, bins: np.ndarray, folds: np.ndarray, n_bins: int = N_BINS) -> Selection:
   """Per-(bin, budget) argmax of accuracy over strategies with two-fold cross-validation within each bin.
 
   acc: [S, Q, B]. For each bin and budget the strategy is chosen on one fold and scored on the other, then the folds
   swap; the result per question is its held-out score, so accuracy[b] averages the two folds weighted by size.
-  Ties go to the first strategy. A bin whose fold is empty is scored by the choice made on the whole bin.
+  A tie within a bin goes to the strategy that is best over the whole selecting fold (all bins; the fixed strategy
+  `select_fixed` picks there), then to the first strategy: on a few questions per bin and fold ties are common (every
+  strategy solves the easy bin), and the paper's argmax does not say how to break them. A bin whose fold is empty is
+  scored by the choice made on the whole bin.
   """
   acc = np.asarray(acc, dtype=np.float64)
   bins, folds = np.asarray(bins), np.asarray(folds)
@@ -73,15 +96,16 @@ def select_compute_optimal(acc: np.ndarray, bins: np.ndarray, folds: np.ndarray,
                      f'folds {folds.shape}')
   chosen = np.zeros((n_bins, 2, n_budgets), dtype=np.int64)
   per_question = np.zeros((n_questions, n_budgets))
-  for b in range(1, n_bins + 1):
-    for fold in (0, 1):
+  for fold in (0, 1):
+    overall = _fold_choice(acc, folds != fold, None) if (folds != fold).any() else None
+    for b in range(1, n_bins + 1):
       test = (bins == b) & (folds == fold)
       train = (bins == b) & (folds != fold)
       if not train.any():
         train = bins == b
       if not test.any():
         continue
-      chosen[b - 1, fold] = acc[:, train].mean(axis=1).argmax(axis=0)
+      chosen[b - 1, fold] = _fold_choice(acc, train, overall)
       per_question[test] = acc[chosen[b - 1, fold], :, np.arange(n_budgets)].T[test]
   bin_accuracy = np.array([per_question[bins == b].mean(axis=0) if (bins == b).any() else np.full(n_budgets, np.nan)
                            for b in range(1, n_bins + 1)])

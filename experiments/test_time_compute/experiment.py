@@ -26,16 +26,18 @@ from experiments.test_time_compute.compute_optimal import (
   best_fixed_strategy,
   difficulty_bins,
   select_compute_optimal,
+  select_fixed,
   two_folds,
 )
 from experiments.test_time_compute.labels import Labelled, complete, soft_labels
 from experiments.test_time_compute.policy import EnginePolicy, EngineVerifier
-from experiments.test_time_compute.protocols import Verifier
+from experiments.test_time_compute.protocols import Policy, Verifier
 from experiments.test_time_compute.search import Strategy
 from experiments.test_time_compute.verifiers import ExactVerifier
 from mmjax.models.prm import from_decoder
 
 MAX_STEP_TOKENS = 8  # the longest step, "9+9=8\n", is 6 tokens
+DIFFICULTY_SEED = 1_000_003  # offsets the sampling stream of the difficulty samples from the searches' streams
 
 
 def problems(config: ml_collections.ConfigDict, split: str) -> list[arithmetic.Problem]:
@@ -162,11 +164,13 @@ def step_separation(verifier: Verifier, probs: list[arithmetic.Problem], labelle
 
 def _search_chunk(config: ml_collections.ConfigDict, policy_params: Any, prm_params: Any,
                   probs: list[arithmetic.Problem], chunk: list[int]) -> list[dict[str, Any]]:
-  """One record per question of chunk: per strategy and budget, whether each selection is right."""
+  """One record per question of chunk: per strategy and budget, whether each selection is right; and the question's
+  difficulty measures, oracle pass@1 and the mean verifier score, over `select.difficulty_samples` samples of their
+  own (a separate sampling stream: bins read off the searched best-of-N samples would tell the selection which
+  questions that very run got wrong)."""
   strategies = [strategy(s) for s in config.search.strategies]
   history = 2 + max(s.lookahead for s in strategies)
-  policy = _policy(config, policy_params, probs, temperature=config.search.temperature,
-                   seed=config.search.seed + chunk[0], history=history)
+  policy = search_policy(config, policy_params, probs, seed=config.search.seed + chunk[0], history=history)
   verifier = make_verifier(config, prm_params, probs)
   records = {q: {'question': q, 'difficulty': probs[q].difficulty, 'runs': {}} for q in chunk}
   rounds = config.data.max_len + 2
@@ -179,18 +183,33 @@ def _search_chunk(config: ml_collections.ConfigDict, policy_params: Any, prm_par
         for q, a in zip(chunk, result.predictions(how)):
           records[q]['runs'].setdefault(s.name, {}).setdefault(str(budget), {})[how] = int(
               arithmetic.is_correct(probs[q], a))
-      if s.kind == 'best_of_n' and budget == max(config.search.budgets):
-        for q, cs in zip(chunk, result.completions):
-          records[q]['pass1'] = float(np.mean([arithmetic.is_correct(probs[q], c.answer) for c in cs]))
-          records[q]['mean_score'] = float(np.mean([c.scores[-1] for c in cs]))
+  n = config.select.get('difficulty_samples', 0) or max(config.search.budgets)
+  own = search_policy(config, policy_params, probs, seed=DIFFICULTY_SEED + config.search.seed + chunk[0])
+  result = Strategy('best_of_n').run(own, verifier, chunk, n, answer_fn=arithmetic.answer_fn, rounds=rounds)
+  for q, cs in zip(chunk, result.completions):
+    records[q]['pass1'] = float(np.mean([arithmetic.is_correct(probs[q], c.answer) for c in cs]))
+    records[q]['mean_score'] = float(np.mean([c.scores[-1] for c in cs]))
   return [records[q] for q in chunk]
+
+
+def search_policy(config: ml_collections.ConfigDict, params: Any, probs: list[arithmetic.Problem], *, seed: int,
+                  history: int = 4) -> Policy:
+  """The search's policy by config.search.policy: the trained one (params, sampled at search.temperature) or spec
+  §10's simulated one (arithmetic.SimulatedPolicy, per-step accuracy search.simulated_q; no model)."""
+  kind = config.search.get('policy', 'trained')
+  if kind == 'simulated':
+    return arithmetic.SimulatedPolicy(probs, config.search.simulated_q, seed=seed)
+  if kind != 'trained':
+    raise ValueError(f"config.search.policy: unknown policy {kind!r}; use 'trained' or 'simulated'")
+  return _policy(config, params, probs, temperature=config.search.temperature, seed=seed, history=history)
 
 
 def make_verifier(config: ml_collections.ConfigDict, prm_params: Any, probs: list[arithmetic.Problem]) -> Verifier:
   """The search's verifier by config.search.verifier: the learned PRM (prm_params) or the exact-noisy checker."""
   s = config.search
   if s.verifier == 'exact':
-    return ExactVerifier(probs, q_hat=s.q_hat, sigma=s.noise, flip=s.flip, seed=s.verifier_seed)
+    return ExactVerifier(probs, q_hat=s.q_hat, sigma=s.noise, flip=s.flip, decoy=s.decoy, decoy_bonus=s.decoy_bonus,
+                         seed=s.verifier_seed)
   if s.verifier != 'learned':
     raise ValueError(f"config.search.verifier: unknown verifier {s.verifier!r}; use 'learned' or 'exact'")
   return EngineVerifier(from_decoder(training.policy_model(config)), prm_params, encode=arithmetic.encode,
@@ -199,12 +218,14 @@ def make_verifier(config: ml_collections.ConfigDict, prm_params: Any, probs: lis
 
 def search_program(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
   if 'best_of_n' not in config.search.strategies:
-    raise ValueError('config.search.strategies must hold best_of_n (its samples give the difficulty bins).')
+    raise ValueError('config.search.strategies must hold best_of_n (the baseline of the vote comparisons).')
+  os.makedirs(workdir, exist_ok=True)  # the simulated policy needs no train stage, so nothing may have made it yet
   path = os.path.join(workdir, 'search.jsonl')
   done = {json.loads(line)['question'] for line in open(path)} if os.path.exists(path) else set()
   probs = problems(config, 'eval')
   todo = [q for q in range(len(probs)) if q not in done]
-  policy_params = _policy_params(workdir)
+  simulated = config.search.get('policy', 'trained') == 'simulated'
+  policy_params = None if simulated else _policy_params(workdir)
   exact = config.search.verifier == 'exact'
   prm_params = None if exact else training.load_params(os.path.join(workdir, 'prm', training.BEST))
   for start in range(0, len(todo), config.search.chunk):
@@ -243,14 +264,19 @@ def select_program(config: ml_collections.ConfigDict, workdir: str) -> dict[str,
   out['best_fixed'] = {'strategy': [names[i] for i in best], 'accuracy': best_acc.tolist()}
   for source in ('pass1', 'mean_score'):
     bins = difficulty_bins(np.array([r[source] for r in records]), config.select.bins)
-    chosen = select_compute_optimal(acc, bins, two_folds(bins, config.select.seed), config.select.bins)
+    folds = two_folds(bins, config.select.seed)
+    if source == 'pass1':  # the fair baseline: one strategy per budget, chosen on one fold, scored on the other
+      fixed = select_fixed(acc, folds)
+      out['fixed_cv'] = {'accuracy': fixed.accuracy.tolist(),
+                         'chosen': [[names[i] for i in f] for f in fixed.chosen[0].tolist()]}
+    chosen = select_compute_optimal(acc, bins, folds, config.select.bins)
     out[f'compute_optimal_{source}'] = {'accuracy': chosen.accuracy.tolist(),
                                         'bin_accuracy': np.nan_to_num(chosen.bin_accuracy).tolist(),
                                         'chosen': [[[names[i] for i in f] for f in b] for b in chosen.chosen.tolist()]}
     out[f'bins_{source}'] = bins.tolist()
   with open(os.path.join(workdir, 'select.json'), 'w') as f:
     json.dump(out, f, indent=1)
-  return _summary(workdir, 'select', {k: out[k] for k in ('best_fixed', 'best_of_n_majority')} |
+  return _summary(workdir, 'select', {k: out[k] for k in ('best_fixed', 'fixed_cv', 'best_of_n_majority')} |
                   {'compute_optimal': out['compute_optimal_pass1']['accuracy']})
 
 

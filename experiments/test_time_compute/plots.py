@@ -54,7 +54,9 @@ def write_all(workdir: str, selected: dict[str, Any], names: Sequence[str], acc:
   ax.plot(budgets, selected['compute_optimal_pass1']['accuracy'], marker='o', label='compute-optimal (oracle bins)')
   ax.plot(budgets, selected['compute_optimal_mean_score']['accuracy'], marker='s',
           label='compute-optimal (predicted bins)')
-  ax.plot(budgets, selected['best_fixed']['accuracy'], 'k--', marker='^', label='best fixed strategy')
+  ax.plot(budgets, selected['best_fixed']['accuracy'], 'k--', marker='^', label='best fixed strategy (hindsight)')
+  if 'fixed_cv' in selected:
+    ax.plot(budgets, selected['fixed_cv']['accuracy'], 'k:', marker='v', label='best fixed strategy (held out)')
   _budget_axis(ax, budgets)
   ax.legend(fontsize=8)
   files.append('compute_optimal.png')

@@ -8,8 +8,15 @@ give it, plus noise:
   right prefix:  q_hat ** remaining + N(0, sigma)    (remaining: reference steps left after this one, answer line
                                                       included, so a right final line scores 1 before noise)
   wrong prefix:  low + N(0, sigma)                   (an error is unrecoverable: the true value is 0)
+  decoy path:    q_hat ** remaining + decoy_bonus + N(0, sigma)
 
 and with probability `flip` a step's right/wrong verdict is inverted before the value is taken (a label-flip PRM).
+Decoys are spec §10's over-optimisation toy ("decoy wrong steps get a +0.1 PRM bonus"): where a path first goes
+wrong, that step is a decoy with probability `decoy`, and the verifier then rates the path as if it were right plus
+the bonus, at that step and every later one (the answer line too). So a decoy outranks every right path, and the
+more candidates a search compares, the likelier it meets one: with the spec's numbers (K = 8, q = 0.7, σ = 0.1,
+decoy 0.1, bonus 0.1; beam width 4) beam search falls from about 0.43 at N = 4 to about 0.01 at N = 256, while
+best-of-N weighted rises (its right answers agree, the decoys' wrong answers scatter): the paper's Fig. 3 trend.
 Scores are clipped to [EPS, 1 - EPS]. The noise and flips are drawn from np.random.default_rng((seed, question,
 hash of the prefix text)), so scoring the same (question, steps) prefix twice, in any batch and any order, gives the
 same score: a search that rescores a path sees one consistent (if wrong) verifier, as it would a trained PRM.
@@ -29,6 +36,7 @@ import numpy as np
 from experiments.test_time_compute import arithmetic
 
 EPS = 1e-4
+CACHE_SIZE = 1 << 20
 
 
 def _normal(u: float) -> float:
@@ -41,13 +49,15 @@ class ExactVerifier:
   probability `flip` (see the module docstring for the formula)."""
 
   def __init__(self, problems: Sequence[arithmetic.Problem], *, q_hat: float, sigma: float = 0.0, flip: float = 0.0,
-               low: float = 0.0, seed: int = 0):
+               low: float = 0.0, decoy: float = 0.0, decoy_bonus: float = 0.1, seed: int = 0):
     if not 0 < q_hat <= 1:
       raise ValueError(f'ExactVerifier: q_hat must be in (0, 1], got {q_hat}')
-    if sigma < 0 or not 0 <= flip <= 1:
-      raise ValueError(f'ExactVerifier: need sigma >= 0 and 0 <= flip <= 1, got sigma={sigma}, flip={flip}')
+    if sigma < 0 or not 0 <= flip <= 1 or not 0 <= decoy <= 1:
+      raise ValueError(f'ExactVerifier: need sigma >= 0 and flip, decoy in [0, 1], got sigma={sigma}, flip={flip}, '
+                       f'decoy={decoy}')
     self.problems, self.q_hat, self.sigma, self.flip = list(problems), q_hat, sigma, flip
-    self.low, self.seed = low, seed
+    self.low, self.decoy, self.decoy_bonus, self.seed = low, decoy, decoy_bonus, seed
+    self._memo: dict[tuple[int, tuple[str, ...]], tuple[float, bool, bool]] = {}
 
   def _rng(self, question: int, prefix: Sequence[str]) -> np.random.Generator:
     digest = hashlib.blake2b('\x00'.join(prefix).encode(), digest_size=8).digest()
@@ -58,14 +68,30 @@ class ExactVerifier:
     for j, (question, steps) in enumerate(requests):
       if not 0 <= question < len(self.problems):
         raise ValueError(f'request {j} names question {question}; this verifier holds {len(self.problems)}.')
-      problem = self.problems[question]
-      n_ref = len(problem.steps())
-      scores = []
-      for i, right in enumerate(arithmetic.check_steps(problem, steps)):
-        u, z = self._rng(question, steps[:i + 1]).random(2)  # both drawn always: sigma and flip use fixed draws
-        if u < self.flip:
-          right = not right
-        value = (self.q_hat ** max(n_ref - 1 - i, 0) if right else self.low) + self.sigma * _normal(z)
-        scores.append(float(np.clip(value, EPS, 1 - EPS)))
-      out.append(scores)
+      out.append([self._step(question, tuple(steps[:i + 1]))[0] for i in range(len(steps))])
+    return out
+
+  def _step(self, question: int, prefix: tuple[str, ...]) -> tuple[float, bool, bool]:
+    """(score, right, decoyed) of the last step of a prefix; memoised, since a search rescores every path's earlier
+    steps each round (the memo is dropped at CACHE_SIZE entries)."""
+    key = (question, prefix)
+    hit = self._memo.get(key)
+    if hit is not None:
+      return hit
+    problem = self.problems[question]
+    i = len(prefix) - 1
+    was_right, decoyed = self._step(question, prefix[:-1])[1:] if i else (True, False)
+    right = arithmetic.check_steps(problem, prefix)[-1]
+    u, z, d = self._rng(question, prefix).random(3)  # all drawn always: each knob has its fixed draw
+    if was_right and not right:
+      decoyed = d < self.decoy  # decided where the path goes wrong, kept from there on
+    as_right = self.q_hat ** max(len(problem.steps()) - 1 - i, 0)
+    if decoyed:
+      value = as_right + self.decoy_bonus
+    else:
+      value = as_right if right != (u < self.flip) else self.low
+    value += self.sigma * _normal(z)
+    if len(self._memo) >= CACHE_SIZE:
+      self._memo.clear()
+    self._memo[key] = out = (float(np.clip(value, EPS, 1 - EPS)), right, decoyed)
     return out

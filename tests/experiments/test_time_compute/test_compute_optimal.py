@@ -15,6 +15,7 @@ from experiments.test_time_compute.compute_optimal import (
   pass_at_1,
   pretraining_flops,
   select_compute_optimal,
+  select_fixed,
   two_folds,
 )
 
@@ -53,14 +54,35 @@ def test_cross_validated_selection_on_a_hand_made_table():
   acc[:, 4:6, 1] = 1
   sel = select_compute_optimal(acc, bins, folds, n_bins=2)
   assert sel.chosen[:, :, 0].tolist() == [[0, 0], [1, 1]]
-  assert sel.chosen[:, :, 1].tolist() == [[1, 0], [0, 0]]  # each fold gets the other fold's winner; ties: first
+  # each fold gets the other fold's winner; bin 2's tie goes to the other fold's best over all bins: 1 for fold 0
+  # (strategy 1 solves questions 2 and 3 of fold 1), 0 for fold 1 (strategy 0 solves all of fold 0)
+  assert sel.chosen[:, :, 1].tolist() == [[1, 0], [1, 0]]
   assert sel.accuracy.tolist() == [1.0, 0.25]  # budget 1, bin 1: both picks fail on their held-out fold
   assert sel.bin_accuracy.tolist() == [[1.0, 0.0], [1.0, 0.5]]
   best, best_acc = best_fixed_strategy(acc)
   assert best.tolist() == [0, 0] and best_acc.tolist() == [0.5, 0.5]
   assert (sel.accuracy[0] > best_acc[0]) and (sel.per_question[:, 1] == [0, 0, 0, 0, 1, 1, 0, 0]).all()
+  fixed = select_fixed(acc, folds)  # one strategy per budget and fold, chosen over the other fold's every question
+  assert fixed.chosen[0].tolist() == [[0, 1], [0, 0]]  # budget 0 ties 0.5 / 0.5 on both folds: first strategy
+  assert fixed.accuracy.tolist() == [0.5, 0.25]  # budget 1: each fold's pick fails the other fold's bin 1
+  assert sel.accuracy[0] > fixed.accuracy[0]  # the per-bin choice wins where the bins want different strategies
   with pytest.raises(ValueError, match='8 questions'):
     select_compute_optimal(acc, bins[:7], folds, n_bins=2)
+
+
+def test_ties_within_a_bin_go_to_the_folds_best_strategy():
+  # 3 strategies x 8 questions x 1 budget, one bin per 4 questions; strategy 2 is best over every fold, but in bin 1
+  # all three solve everything: the tie goes to 2, not to the first strategy.
+  bins, folds = np.array([1, 1, 1, 1, 2, 2, 2, 2]), np.array([0, 1, 0, 1, 0, 1, 0, 1])
+  acc = np.zeros((3, 8, 1))
+  acc[:, :4] = 1
+  acc[2, 4:] = 1
+  acc[0, 4] = 1
+  sel = select_compute_optimal(acc, bins, folds, n_bins=2)
+  assert sel.chosen[:, :, 0].tolist() == [[2, 2], [2, 2]]
+  assert sel.accuracy.tolist() == [1.0]
+  acc[2, :4] = 0  # now strategy 2 does not tie in bin 1 and loses it
+  assert select_compute_optimal(acc, bins, folds, n_bins=2).chosen[0, :, 0].tolist() == [0, 0]
 
 
 def test_flops_matched_formula_by_hand():

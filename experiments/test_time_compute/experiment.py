@@ -155,7 +155,7 @@ def step_separation(verifier: Verifier, probs: list[arithmetic.Problem], labelle
     for s, ok in zip(sc, arithmetic.check_steps(probs[x.question], x.steps)):
       (right if ok else wrong).append(s)
   if not right or not wrong:
-    return {'step_auc': float('nan'), 'right_steps': len(right), 'wrong_steps': len(wrong)}
+    return {'step_auc': None, 'right_steps': len(right), 'wrong_steps': len(wrong)}  # JSON null: undefined
   a, b = np.asarray(right)[:, None], np.asarray(wrong)[None, :]
   auc = float(np.mean((a > b) + 0.5 * (a == b)))
   return {'step_auc': auc, 'right_steps': len(right), 'wrong_steps': len(wrong),

@@ -5,7 +5,6 @@ import os
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 import pytest
 
 from configs.test_time_compute import get_config
@@ -106,4 +105,4 @@ def test_step_separation_of_a_scripted_verifier():
                                  'wrong_score': 0.2}, abs=1e-12)
   assert experiment.step_separation(_ScriptedVerifier(probs, 0.2, 0.9), probs, labelled)['step_auc'] == 0.0
   assert experiment.step_separation(_ScriptedVerifier(probs, 0.5, 0.5), probs, labelled)['step_auc'] == 0.5
-  assert np.isnan(experiment.step_separation(_ScriptedVerifier(probs, 0.9, 0.2), probs, labelled[2:])['step_auc'])
+  assert experiment.step_separation(_ScriptedVerifier(probs, 0.9, 0.2), probs, labelled[2:])['step_auc'] is None

@@ -78,6 +78,10 @@ def _training(c: ml_collections.ConfigDict, stage: str, variant: str) -> None:
   c.model.num_attention_heads = 4
   c.model.num_key_value_heads = 2
   c.tokenizer_min_count = 1  # the word tokenizer: words seen fewer times are spelled out in characters
+  # smoke: build the word tokenizer over the train questions' gold SQL too, not only the strong data's (a real
+  # model's vocabulary has every SQL keyword; without it, a keyword that only the gold uses, AVG where every strong
+  # SQL has SUM, is spelled in characters that the SFT never trained)
+  c.tokenizer_gold_sql = False
   # dpo: set init_from to the SFT workdir: the policy starts from its latest checkpoint, and the frozen reference's
   # log-probs (and the smoke's tokenizer) come from the same checkpoint.
   c.dpo = ml_collections.ConfigDict()
@@ -93,6 +97,9 @@ def _training(c: ml_collections.ConfigDict, stage: str, variant: str) -> None:
   c.dpo.gold_chosen = True
   c.dpo.rejected_must_run = False  # pair only rejected samples that execute (wrong results, not failing SQL)
   c.dpo.nll_weight = 0.0  # RPO / DPO+NLL: + weight * the chosen SQL's mean token NLL (0 = SENSE's plain DPO / cDPO)
+  # smoke, our departure: questions whose kept samples are all right become anchors (their most frequent right SQL),
+  # trained with + weight * its mean token NLL and no DPO term, against DPO breaking what SFT got right (0: none)
+  c.dpo.anchor_weight = 0.0
   c.dpo.pairs_per_question = 1  # the released "grouped-any-limit1" pair set
   c.total_steps = 3000
   c.batch_size = 32
@@ -110,14 +117,14 @@ def _training(c: ml_collections.ConfigDict, stage: str, variant: str) -> None:
     c.optim.lr = 1e-6  # spec: 5e-7 to 1e-6 for 1-2 epochs (7B/13B models)
     c.optim.warmup_steps = 10
     c.total_steps = 1000
-  # variant=smoke: the generated world (experiments/sense/smoke.py write_smoke_world) trained and evaluated on
+  # variant=smoke: the generated world (experiments/sense/smoke.py write_smoke_world) trained and evaluated on.
   # strong_error_*: the strong (SFT) data's blind spots, a share of the templates whose SQL carries one consistent
-  # fault at this rate (smoke.write_smoke_world)
-  c.smoke = ml_collections.ConfigDict({'n_domains': 5, 'n_parents': 14, 'per_template': 10, 'dev_fraction': 0.3,
+  # fault, in this share of their train instances (1.0: all, so that SFT never sees their right form)
+  c.smoke = ml_collections.ConfigDict({'n_domains': 9, 'n_parents': 14, 'per_template': 10, 'dev_fraction': 0.35,
                                        'with_values': False, 'strong_error_templates': 0.35,
-                                       'strong_error_rate': 0.75})
-  if variant == 'smoke':
-    c.seq_len = 128
+                                       'strong_error_rate': 1.0})
+  if variant == 'smoke':  # the learning smoke (README, "The learning smoke"): DPO above SFT on held-out EX
+    c.seq_len = 120  # the longest 9-domain prompt + SQL + EOS is 115 tokens
     c.max_new_tokens = 48
     c.batch_size = 16
     c.log_every = 20
@@ -125,11 +132,20 @@ def _training(c: ml_collections.ConfigDict, stage: str, variant: str) -> None:
     c.workers = 2
     c.progress_bar = False
     c.mesh.data = 1  # one device: the same program under pytest's 8 virtual CPU devices as from the command line
-    c.dpo.pairs_per_question = 4  # the smoke's few questions: more pairs per question
-    # A tiny random-init model needs rates far above a 7B model's: 3e-3 for SFT, 1e-5 for DPO (1e-4 over-optimised
-    # the training pairs and lost held-out accuracy; README).
-    c.optim.lr = 3e-3 if stage == 'sft' else 1e-5
-    c.optim.warmup_steps = 20 if stage == 'sft' else 5
-    c.total_steps = 300 if stage == 'sft' else 100
-    c.model.hidden_size = 128  # held-out SFT EX 40% at 300 steps, against 23% for hidden 64 (README)
+    c.tokenizer_gold_sql = True
+    c.model.hidden_size = 128  # 5-domain world, first round: held-out SFT EX 40% against 23% for hidden 64
     c.model.intermediate_size = 256
+    # A tiny random-init model needs rates far above a 7B model's (3e-3 for SFT, 2e-3 for DPO).
+    c.optim.lr = 3e-3 if stage == 'sft' else 2e-3
+    c.optim.warmup_steps = 20 if stage == 'sft' else 5
+    c.total_steps = 200 if stage == 'sft' else 60
+    # DPO pairs aimed at the blind spots: the SFT policy's own samples at T 0.5 (mostly its learned answer), the gold
+    # SQL as a chosen candidate, only rejected samples that run (a wrong result, not broken SQL), one pair a question
+    c.dpo.pairs_from = 'policy'
+    c.dpo.n_samples = 4
+    c.dpo.temperature = 0.5
+    c.dpo.rejected_must_run = True
+    c.dpo.pairs_per_question = 1
+    c.dpo.beta = 0.5
+    c.dpo.nll_weight = 1.0  # DPO+NLL (our departure)
+    c.dpo.anchor_weight = 5.0  # anchors: NLL on the policy's own right SQL of the questions without pairs (ours)

@@ -16,9 +16,12 @@ dicts, each with its prompt).
 
 The loss is `mmjax.train.preference.dpo_loss` (β = config.dpo.beta, cDPO's ε = config.dpo.label_smoothing) over
 summed response log-probs, plus config.dpo.nll_weight times the chosen SQL's mean per-token NLL (RPO / "DPO+NLL",
-Pang et al. 2024; our departure: SENSE trains plain DPO / cDPO, i.e. nll_weight = 0). Reward accuracy, margin, the
-chosen / rejected rewards and chosen_nll are logged beside it. At step 0 the policy equals the reference, so the
-DPO part of the loss is log 2.
+Pang et al. 2024; our departure: SENSE trains plain DPO / cDPO, i.e. nll_weight = 0). With config.dpo.anchor_weight
+> 0 (smoke, also ours) the questions that give no pair (every kept sample right) add anchors: rows of their most
+frequent right SQL with the DPO part masked (batch `pref` 0), adding anchor_weight times their mean token NLL, so
+that DPO does not break what the SFT already gets right. Reward accuracy, margin, the chosen / rejected rewards,
+chosen_nll (and anchor_nll) are logged beside it. At step 0 the policy equals the reference, so the DPO part of
+the loss is log 2.
 """
 from __future__ import annotations
 
@@ -76,7 +79,8 @@ def weak_pairs(config: ml_collections.ConfigDict, workdir: str, model=None,
                  memory_mb=config.memory_mb, progress=False) as pool:
       return synthesis.weak_sample(world.train, os.path.join(world.root, 'database'), sampler, execute=pool.map,
                                    n_samples=config.dpo.n_samples, pairs_per_question=config.dpo.pairs_per_question,
-                                   seed=config.seed, rejected_must_run=config.dpo.get('rejected_must_run', False))
+                                   seed=config.seed, rejected_must_run=config.dpo.get('rejected_must_run', False),
+                                   anchors=config.dpo.get('anchor_weight', 0.0) > 0)
   if not config.dpo.pairs:
     raise ValueError('set --config.dpo.pairs to a JSONL of preference pairs (synthesis.weak_sample: prompt, chosen, '
                      'rejected per line)')
@@ -121,7 +125,11 @@ def prepared_pairs(config: ml_collections.ConfigDict, workdir: str, model, tok: 
     kept.append(pair)
   if not kept:
     raise ValueError(f'no preference pairs to train on (weak sampling: {stats})')
-  ref = reference_logprobs(config, model, encoded)
+  # an anchor (chosen = rejected, DPO part masked) needs no reference log-probs
+  scored = [i for i, pair in enumerate(kept) if not pair.get('anchor')]
+  ref = np.zeros((len(kept), 2), np.float32)
+  if scored:
+    ref[scored] = reference_logprobs(config, model, [encoded[i] for i in scored])
   out = [{**pair, 'prompt_ids': p, 'chosen_ids': c, 'rejected_ids': r, 'ref_chosen': float(lp[0]),
           'ref_rejected': float(lp[1])} for pair, (p, c, r), lp in zip(kept, encoded, ref)]
   train.write_stats(workdir, {'stage': 'dpo', **stats, 'kept': len(out), 'dropped_too_long': dropped,
@@ -132,21 +140,29 @@ def prepared_pairs(config: ml_collections.ConfigDict, workdir: str, model, tok: 
   return out
 
 
-def dpo_loss_fn(model, beta: float, label_smoothing: float, nll_weight: float = 0.0):
-  """(params, batch, rng, step) -> (DPO / cDPO loss + nll_weight * the chosen SQL's mean per-token NLL, metrics);
-  batch tokens/mask [B, 2, T] (0 chosen, 1 rejected) and ref [B, 2]. One forward over the [2B, T] reshape."""
+def dpo_loss_fn(model, beta: float, label_smoothing: float, nll_weight: float = 0.0, anchor_weight: float = 0.0):
+  """(params, batch, rng, step) -> (loss, metrics); batch tokens/mask [B, 2, T] (0 chosen, 1 rejected), ref [B, 2]
+  and optionally pref [B] (1 a preference pair, 0 an anchor; all pairs when absent). One forward over the [2B, T]
+  reshape. The loss is DPO / cDPO over the pairs + nll_weight * their chosen SQL's mean per-token NLL +
+  anchor_weight * the anchors' mean per-token NLL (config.dpo.anchor_weight; each mean over its own rows)."""
   def loss_fn(params, batch, rng, step):
     del rng, step
     tokens = batch['tokens']
     b, _, t = tokens.shape
     logits = model.apply({'params': params}, tokens.reshape(2 * b, t)).logits.reshape(b, 2, t, -1)
     logp = sequence_logprobs(logits, tokens, batch['mask'])
-    loss, metrics = dpo_loss(logp[:, 0], logp[:, 1], batch['ref'][:, 0], batch['ref'][:, 1], beta=beta,
-                             label_smoothing=label_smoothing)
     # sequence_logprobs scores token t from position t - 1, so the response mask from position 1 counts its tokens
     n_chosen = jnp.maximum(jnp.sum(batch['mask'][:, 0, 1:], axis=-1), 1.0)
-    metrics['chosen_nll'] = jnp.mean(-logp[:, 0] / n_chosen)
-    return loss + nll_weight * metrics['chosen_nll'], metrics
+    nll = -logp[:, 0] / n_chosen
+    w = batch.get('pref')  # anchors: 0, left out of the DPO part
+    loss, metrics = dpo_loss(logp[:, 0], logp[:, 1], batch['ref'][:, 0], batch['ref'][:, 1], beta=beta,
+                             label_smoothing=label_smoothing, weights=w)
+    if w is None:
+      metrics['chosen_nll'] = jnp.mean(nll)
+      return loss + nll_weight * metrics['chosen_nll'], metrics
+    metrics['chosen_nll'] = jnp.sum(w * nll) / jnp.maximum(jnp.sum(w), 1.0)
+    metrics['anchor_nll'] = jnp.sum((1.0 - w) * nll) / jnp.maximum(jnp.sum(1.0 - w), 1.0)
+    return loss + nll_weight * metrics['chosen_nll'] + anchor_weight * metrics['anchor_nll'], metrics
   return loss_fn
 
 
@@ -163,8 +179,12 @@ def dpo_experiment(config: ml_collections.ConfigDict, workdir: str) -> Experimen
                       [p['rejected_ids'] for p in pairs], config.seq_len, tok.pad_id)
   ref = np.asarray([[p['ref_chosen'], p['ref_rejected']] for p in pairs], np.float32)
   rows = [{'tokens': packed['tokens'][i], 'mask': packed['mask'][i], 'ref': ref[i]} for i in range(len(pairs))]
+  anchor_weight = config.dpo.get('anchor_weight', 0.0)
+  if anchor_weight > 0:  # anchors: NLL rows with the DPO part masked off (pref 0)
+    for row, pair in zip(rows, pairs):
+      row['pref'] = np.float32(0.0 if pair.get('anchor') else 1.0)
   train_data = make_pipeline(train.ListSource(rows), global_batch_size=config.batch_size, seed=config.seed)
   return Experiment(init_params=train.init_fn(model),
                     loss_fn=dpo_loss_fn(model, config.dpo.beta, config.dpo.label_smoothing,
-                                        config.dpo.get('nll_weight', 0.0)), train_data=train_data)
+                                        config.dpo.get('nll_weight', 0.0), anchor_weight), train_data=train_data)
 

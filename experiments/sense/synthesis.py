@@ -347,7 +347,7 @@ def sampler_from_generator(generator: Generator) -> WeakSampler:
 def weak_sample(examples: Sequence[data.Text2SqlExample], db_root: str, sampler: WeakSampler, *,
                 execute: text2sql.Execute | None = None, n_samples: int = 8, pairs_per_question: int | None = 1,
                 seed: int = 0, batch_size: int = 64, timeout_s: float = 10.0,
-                rejected_must_run: bool = False) -> tuple[list[dict], dict]:
+                rejected_must_run: bool = False, anchors: bool = False) -> tuple[list[dict], dict]:
   """Preference pairs from weak samples: (pairs, stats).
 
   For each example, `sampler(examples, prompts, n_samples)` gives n_samples SQLs for its prompt
@@ -357,10 +357,14 @@ def weak_sample(examples: Sequence[data.Text2SqlExample], db_root: str, sampler:
   that executed, i.e. wrong results rather than failing SQL). A pair is a dict: db_id, question,
   evidence, prompt, chosen, rejected. stats counts questions, samples, chosen samples, questions whose gold failed,
   questions with only chosen or only rejected samples, pairs, and samples that failed (error_<kind>, where any).
+  anchors: a question that gives no pair but has chosen samples (every kept sample right) adds an anchor, a dict as
+  a pair with anchor=True and chosen = rejected = its most frequent chosen SQL (the first on a tie); counted in
+  stats['anchors'] and not in stats['pairs'].
   """
   rng = random.Random(seed)
   pairs = []
   stats = Counter(dict.fromkeys(('questions', 'samples', 'chosen', 'gold_failed', 'all_chosen', 'all_rejected'), 0))
+  n_anchors = 0
   with _executor(execute, timeout_s) as run:
     for start in range(0, len(examples), batch_size):
       batch = examples[start:start + batch_size]
@@ -382,8 +386,17 @@ def weak_sample(examples: Sequence[data.Text2SqlExample], db_root: str, sampler:
         stats['all_chosen'] += n_chosen == len(lab.candidates)
         stats['all_rejected'] += n_chosen == 0
         candidates = [c for c in lab.candidates if c.chosen or not (rejected_must_run and c.error_kind)]
-        for chosen, rejected in select_pairs(candidates, pairs_per_question, rng):
+        selected = select_pairs(candidates, pairs_per_question, rng)
+        for chosen, rejected in selected:
           pairs.append({'db_id': e.db_id, 'question': e.question, 'evidence': e.evidence, 'prompt': prompt,
                         'chosen': chosen, 'rejected': rejected})
-  stats['pairs'] = len(pairs)
+        right = Counter(c.sql for c in candidates if c.chosen)
+        if anchors and not selected and right:
+          sql = max(right, key=right.get)  # the first of the most frequent (Counter keeps insertion order)
+          pairs.append({'db_id': e.db_id, 'question': e.question, 'evidence': e.evidence, 'prompt': prompt,
+                        'chosen': sql, 'rejected': sql, 'anchor': True})
+          n_anchors += 1
+  stats['pairs'] = len(pairs) - n_anchors
+  if anchors:
+    stats['anchors'] = n_anchors
   return pairs, dict(stats)

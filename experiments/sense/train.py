@@ -161,7 +161,10 @@ def sft_loss(model: Qwen2ForCausalLM):
 def sft_experiment(config: ml_collections.ConfigDict, workdir: str) -> Experiment:
   """The SFT Experiment over the training examples (see the module docstring)."""
   pairs = [(prompt_for(config, e, path), e.sql) for e, path in training_examples(config, workdir)]
-  tok = tokenizer_for(config, workdir, [p + s for p, s in pairs])
+  texts = [p + s for p, s in pairs]
+  if config.variant == 'smoke' and config.get('tokenizer_gold_sql', False):
+    texts += [e.sql for e in smoke_world(config, workdir).train]  # config.tokenizer_gold_sql: the vocabulary only
+  tok = tokenizer_for(config, workdir, texts)
   rows, dropped = [], 0
   for prompt, sql in pairs:
     encoded = encode_pair(tok, prompt, sql, config.seq_len)

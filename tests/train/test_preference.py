@@ -107,6 +107,22 @@ def test_cdpo_with_zero_smoothing_equals_dpo_and_metrics():
     preference.dpo_loss(w, l, rw, rl, label_smoothing=0.7)
 
 
+def test_weights_leave_rows_out_of_the_means():
+  rng = np.random.default_rng(7)
+  w, l, rw, rl = (jnp.asarray(rng.normal(size=8), jnp.float32) for _ in range(4))
+  keep = np.array([1, 0, 1, 1, 0, 1, 1, 0], np.float32)
+  loss, m = preference.dpo_loss(w, l, rw, rl, beta=0.3, label_smoothing=0.1, weights=jnp.asarray(keep))
+  rows = keep > 0
+  sub, sub_m = preference.dpo_loss(w[rows], l[rows], rw[rows], rl[rows], beta=0.3, label_smoothing=0.1)
+  np.testing.assert_allclose(float(loss), float(sub), rtol=1e-6)
+  for k in sub_m:
+    np.testing.assert_allclose(float(m[k]), float(sub_m[k]), rtol=1e-6, atol=1e-7)
+  ones, _ = preference.dpo_loss(w, l, rw, rl, beta=0.3, weights=jnp.ones(8))
+  np.testing.assert_allclose(float(ones), float(preference.dpo_loss(w, l, rw, rl, beta=0.3)[0]), rtol=1e-6)
+  none, _ = preference.dpo_loss(w, l, rw, rl, weights=jnp.zeros(8))  # no pair in the batch: 0, not NaN
+  assert float(none) == 0.0
+
+
 def test_pack_pairs_layout_and_bigram_logprobs():
   rng = np.random.default_rng(7)
   table = rng.normal(size=(V, V)).astype(np.float32)  # a bigram decoder: logits[t] = table[tokens[t]]

@@ -1,6 +1,5 @@
-"""SENSE training: the word tokenizer, prompt-masked SFT, DPO's step-0 loss (log 2), and the learning smoke:
-smoke world -> SFT of a tiny decoder -> mutator pairs labelled by execution -> DPO -> held-out execution accuracy
-above SFT's by the stated margin, with the stated seeds."""
+"""SENSE training: the word tokenizer, prompt-masked SFT, and DPO's step-0 loss (log 2) and logged rewards on the
+mutator's pairs. The learning smoke (DPO above SFT on held-out execution accuracy) is in test_learning.py."""
 import json
 import math
 
@@ -58,8 +57,11 @@ def _stage(stage, workdir, **over):
   return config, experiment.run_train(config, workdir)
 
 
-# A tiny world and a few steps: the mechanics of both stages (the learning smoke is the README's command).
+# A tiny world and a few steps: the mechanics of both stages (the learning smoke is test_learning.py's).
 TINY = dict(smoke={'n_domains': 3, 'n_parents': 8, 'per_template': 1}, batch_size=8, log_every=1, ckpt_every=2)
+# Plain DPO on the mutator's pairs (the smoke's defaults train DPO+NLL with anchors on the policy's own samples)
+PLAIN_DPO = dict(pairs_from='mutator', n_samples=8, pairs_per_question=4, rejected_must_run=False, nll_weight=0.0,
+                 anchor_weight=0.0)
 
 
 @pytest.fixture(scope='module')
@@ -68,7 +70,7 @@ def tiny_runs(tmp_path_factory):
   root = tmp_path_factory.mktemp('sense_train')
   _, out = _stage('sft', str(root / 'sft'), total_steps=2, **TINY)
   assert out['step'] == 2
-  config, out = _stage('dpo', str(root / 'dpo'), total_steps=2, init_from=str(root / 'sft'), **TINY)
+  config, out = _stage('dpo', str(root / 'dpo'), total_steps=2, init_from=str(root / 'sft'), dpo=PLAIN_DPO, **TINY)
   assert out['step'] == 2
   return config, str(root / 'sft'), str(root / 'dpo')
 

@@ -156,8 +156,9 @@ def test_anchors_are_the_questions_without_pairs(tmp_path):
 # (1 -> 11 of 25; 14 -> 16 of 38), seed 2 19 -> 26 (0 -> 8 of 21; 19 -> 18 of 42). The SFT continued for DPO's 60
 # steps instead (the control): 18, 17, 18. So DPO - SFT is 4, 12 and 7 questions (0.063, 0.190, 0.111), and 6, 10
 # and 8 on the blind-spot templates; 36 of seed 0's 38 pairs reject the strong data's own faulty SQL (28 of 31, 25
-# of 44 with seeds 1, 2). Asserted: >= 0.04 overall (3 questions), >= 3 questions on the blind-spot templates, and
-# at least half the pairs on a blind spot's fault.
+# of 44 with seeds 1, 2). Seeds 3 and 4 (measured after, no control): 18 -> 37 (0 -> 11 of 21) and 9 -> 25
+# (0 -> 13 of 17), 33 of 39 and 37 of 42 pairs on a fault. Asserted: >= 0.04 overall (3 questions), >= 3 questions
+# on the blind-spot templates, and at least half the pairs on a blind spot's fault.
 LEARNING_MARGIN = 0.04
 BLIND_SPOT_GAIN = 3
 

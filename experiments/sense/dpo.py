@@ -36,7 +36,7 @@ from experiments.sense import smoke, synthesis, train
 from mmjax.data import make_pipeline
 from mmjax.generate import generate, score
 from mmjax.train import Experiment
-from mmjax.train.preference import dpo_loss, pack_pairs, sequence_logprobs
+from mmjax.train.preference import dpo_loss, pack_pairs, sequence_logprobs, weighted_mean
 from mmjax.weights.workdir import read_workdir_params
 
 PAIRS = 'pairs.jsonl'
@@ -160,8 +160,8 @@ def dpo_loss_fn(model, beta: float, label_smoothing: float, nll_weight: float = 
     if w is None:
       metrics['chosen_nll'] = jnp.mean(nll)
       return loss + nll_weight * metrics['chosen_nll'], metrics
-    metrics['chosen_nll'] = jnp.sum(w * nll) / jnp.maximum(jnp.sum(w), 1.0)
-    metrics['anchor_nll'] = jnp.sum((1.0 - w) * nll) / jnp.maximum(jnp.sum(1.0 - w), 1.0)
+    metrics['chosen_nll'] = weighted_mean(nll, w)
+    metrics['anchor_nll'] = weighted_mean(nll, 1.0 - w)
     return loss + nll_weight * metrics['chosen_nll'] + anchor_weight * metrics['anchor_nll'], metrics
   return loss_fn
 

@@ -48,11 +48,6 @@ def stage_config(stage: str, seed: int, overrides: dict):
   return config
 
 
-def _world(config, workdir: str) -> smoke.SmokeWorld:
-  """The run's smoke world (rewritten into the workdir from the seed: the same files)."""
-  return train.smoke_world(config, workdir)
-
-
 def blind_templates(world: smoke.SmokeWorld) -> set[str]:
   """The templates whose strong (SFT) data carries a fault in at least one train instance: a blind-spot template
   whose fault never changes a result (COUNT(DISTINCT pk) for COUNT(*) over the parents) teaches no mistake."""
@@ -62,7 +57,7 @@ def blind_templates(world: smoke.SmokeWorld) -> set[str]:
 def _scored(config, workdir: str) -> dict:
   """Greedy dev EX of the workdir's checkpoint, overall and per group: 'blind' (dev questions of the strong data's
   blind-spot templates, `blind_templates`) and 'clean' (the other templates); each [right, n]."""
-  world = _world(config, workdir)
+  world = train.smoke_world(config, workdir)
   summary = generate.run_generate(config, workdir)
   blind = blind_templates(world)
   groups = {'blind': [0, 0], 'clean': [0, 0]}
@@ -80,7 +75,7 @@ def pair_stats(config, workdir: str) -> dict:
   """What the DPO pairs aim at: pairs on questions of blind-spot templates, and of those the pairs whose rejected
   SQL is the strong data's faulty SQL for that question (the blind spot itself); questions with pairs; anchors
   (dpo.anchor_weight), all and on blind-spot templates."""
-  world = _world(config, workdir)
+  world = train.smoke_world(config, workdir)
   blind_set = blind_templates(world)
   strong = {(e.db_id, e.question): s.sql for e, s in zip(world.train, world.strong)}
   gold = {(e.db_id, e.question): e.sql for e in world.train}

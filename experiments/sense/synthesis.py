@@ -390,8 +390,8 @@ def weak_sample(examples: Sequence[data.Text2SqlExample], db_root: str, sampler:
         for chosen, rejected in selected:
           pairs.append({'db_id': e.db_id, 'question': e.question, 'evidence': e.evidence, 'prompt': prompt,
                         'chosen': chosen, 'rejected': rejected})
-        right = Counter(c.sql for c in candidates if c.chosen)
-        if anchors and not selected and right:
+        right = Counter(c.sql for c in candidates if c.chosen) if anchors and not selected else None
+        if right:
           sql = max(right, key=right.get)  # the first of the most frequent (Counter keeps insertion order)
           pairs.append({'db_id': e.db_id, 'question': e.question, 'evidence': e.evidence, 'prompt': prompt,
                         'chosen': sql, 'rejected': sql, 'anchor': True})

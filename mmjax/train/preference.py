@@ -47,6 +47,11 @@ def dpo_margins(policy_chosen: jax.Array, policy_rejected: jax.Array, ref_chosen
   return beta * ((policy_chosen - ref_chosen) - (policy_rejected - ref_rejected))
 
 
+def weighted_mean(x: jax.Array, weights: jax.Array) -> jax.Array:
+  """sum(w · x) / max(sum(w), 1): a mean over the rows with weight 1, 0 when no row has weight."""
+  return jnp.sum(weights * x) / jnp.maximum(jnp.sum(weights), 1.0)
+
+
 def dpo_loss(policy_chosen: jax.Array, policy_rejected: jax.Array, ref_chosen: jax.Array, ref_rejected: jax.Array,
              *, beta: float = 0.1, label_smoothing: float = 0.0,
              weights: jax.Array | None = None) -> tuple[jax.Array, dict[str, jax.Array]]:
@@ -55,17 +60,14 @@ def dpo_loss(policy_chosen: jax.Array, policy_rejected: jax.Array, ref_chosen: j
   Inputs are [B] sequence log-probabilities (`sequence_logprobs`) of the chosen (y_w) and rejected (y_l) responses
   under the policy and the frozen reference; beta and label_smoothing are Python floats (from the config).
   weights: optional [B] per-pair weights of the loss and metric means (0 leaves a row out, e.g. a batch row that is
-  not a preference pair); the mean is then sum(w · x) / max(sum(w), 1).
+  not a preference pair); the means are then `weighted_mean`.
   Metrics, each a scalar: reward_accuracy (fraction of pairs with Δ > 0), reward_margin (mean Δ), chosen_reward
   and rejected_reward (means of β·(π − ref) over y_w and y_l).
   """
   if not 0.0 <= label_smoothing <= 0.5:
     raise ValueError(f'dpo_loss: label_smoothing (cDPO ε) must lie in [0, 0.5], got {label_smoothing}')
-  if weights is None:
-    mean = jnp.mean
-  else:
-    def mean(x):
-      return jnp.sum(weights * x) / jnp.maximum(jnp.sum(weights), 1.0)
+  def mean(x):
+    return jnp.mean(x) if weights is None else weighted_mean(x, weights)
   margins = dpo_margins(policy_chosen, policy_rejected, ref_chosen, ref_rejected, beta)
   per_pair = -(1.0 - label_smoothing) * jax.nn.log_sigmoid(margins) - label_smoothing * jax.nn.log_sigmoid(-margins)
   metrics = {
